@@ -1,0 +1,182 @@
+"""Transformer building blocks of CUT3R: 2-D RoPE, attention, encoder and decoder blocks.
+
+Attribute names follow the official checkpoint keys (``attn.qkv``, ``cross_attn.projq``,
+``norm_y``, ``mlp.fc1`` ...), so a state dict loads without renaming.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LN_EPS = 1e-6
+
+
+def layer_norm(dim: int) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=LN_EPS)
+
+
+class Cut3rRoPE2D(nn.Module):
+    """2-D rotary position embedding with the arithmetic of the official cuRoPE2D kernel.
+
+    For a head of width D there are Q = D/4 frequencies ``inv_freq_j = 1 / base^(j/Q)``.
+    Channels ``[0, D/2)`` rotate with the token's row, ``[D/2, D)`` with its column; within
+    each half channel j pairs with channel j+Q (rotate-half). The maths is float32 and the
+    result is rounded once to the input dtype.
+    """
+
+    def __init__(self, base: float = 100.0):
+        super().__init__()
+        self.base = float(base)
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # tokens: (B, heads, N, D); positions: (B, N, 2) integer (row, col)
+        head_dim = tokens.shape[-1]
+        q = head_dim // 4
+        exponent = torch.arange(q, dtype=torch.float32, device=tokens.device) / q
+        inv_freq = 1.0 / torch.pow(torch.tensor(self.base, dtype=torch.float32, device=tokens.device), exponent)
+        angles = positions.to(torch.float32)[:, None, :, :, None] * inv_freq  # (B, 1, N, 2, Q)
+        cos, sin = angles.cos(), angles.sin()
+        x = tokens.float().unflatten(-1, (2, 2, q))  # (B, heads, N, row|col, u|v, Q)
+        u, v = x[..., 0, :], x[..., 1, :]
+        rotated = torch.stack((u * cos - v * sin, v * cos + u * sin), dim=-2)
+        return rotated.flatten(-3).to(tokens.dtype)
+
+
+class Cut3rMlp(nn.Module):
+    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, out_features or in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def _rotate(rope: Cut3rRoPE2D | None, t: torch.Tensor, pos: torch.Tensor | None,
+            round_fp16: bool) -> torch.Tensor:
+    if rope is None or pos is None:
+        return t
+    if round_fp16:
+        # CroCo's image encoder rounds q/k to fp16 around RoPE; parity depends on it.
+        return rope(t.to(torch.float16), pos).to(t.dtype)
+    return rope(t, pos)
+
+
+class Cut3rAttention(nn.Module):
+    """Multi-head self-attention with optional RoPE.
+
+    ``round_qk_fp16`` reproduces the CroCo image encoder, which rounds q and k to
+    float16 before and after RoPE; every other CUT3R attention keeps its dtype.
+    """
+
+    def __init__(self, dim: int, num_heads: int, rope: Cut3rRoPE2D | None = None,
+                 round_qk_fp16: bool = False):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+        self.rope = rope
+        self.round_qk_fp16 = round_qk_fp16
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, N, hd)
+        q = _rotate(self.rope, q, pos, self.round_qk_fp16)
+        k = _rotate(self.rope, k, pos, self.round_qk_fp16)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class Cut3rCrossAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, rope: Cut3rRoPE2D | None = None):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.projq = nn.Linear(dim, dim, bias=True)
+        self.projk = nn.Linear(dim, dim, bias=True)
+        self.projv = nn.Linear(dim, dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+        self.rope = rope
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, c = t.shape
+        return t.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)  # (B, heads, N, hd)
+
+    def forward(self, query: torch.Tensor, key_value: torch.Tensor,
+                qpos: torch.Tensor | None, kpos: torch.Tensor | None) -> torch.Tensor:
+        b, nq, c = query.shape
+        q = _rotate(self.rope, self._heads(self.projq(query)), qpos, False)
+        k = _rotate(self.rope, self._heads(self.projk(key_value)), kpos, False)
+        v = self._heads(self.projv(key_value))
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.proj(out.transpose(1, 2).reshape(b, nq, c))
+
+
+class Cut3rEncoderBlock(nn.Module):
+    """Pre-norm ViT block: x += Attn(LN(x)); x += MLP(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, rope: Cut3rRoPE2D | None,
+                 round_qk_fp16: bool = False):
+        super().__init__()
+        self.norm1 = layer_norm(dim)
+        self.attn = Cut3rAttention(dim, num_heads, rope, round_qk_fp16)
+        self.norm2 = layer_norm(dim)
+        self.mlp = Cut3rMlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), pos)
+        return x + self.mlp(self.norm2(x))
+
+
+class Cut3rDecoderBlock(nn.Module):
+    """Self-attention on x, then cross-attention from x to the (normalised) other stream y."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, rope: Cut3rRoPE2D | None):
+        super().__init__()
+        self.norm1 = layer_norm(dim)
+        self.attn = Cut3rAttention(dim, num_heads, rope)
+        self.cross_attn = Cut3rCrossAttention(dim, num_heads, rope)
+        self.norm2 = layer_norm(dim)
+        self.norm3 = layer_norm(dim)
+        self.mlp = Cut3rMlp(dim, int(dim * mlp_ratio))
+        self.norm_y = layer_norm(dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor,
+                xpos: torch.Tensor | None, ypos: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), xpos)
+        y = self.norm_y(y)
+        x = x + self.cross_attn(self.norm2(x), y, xpos, ypos)
+        return x + self.mlp(self.norm3(x))
+
+
+class Cut3rModLN(nn.Module):
+    """adaLN: LN(x) * (1 + scale) + shift, with [shift, scale] = Linear(SiLU(cond))."""
+
+    def __init__(self, dim: int, cond_dim: int):
+        super().__init__()
+        self.norm = layer_norm(dim)
+        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 2 * dim))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.mlp(cond).chunk(2, dim=-1)  # (B, D) each
+        return self.norm(x) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class Cut3rConditionModulationBlock(nn.Module):
+    """Transformer block whose norms are modulated by the camera token (head 'final_transform')."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, rope: Cut3rRoPE2D | None):
+        super().__init__()
+        self.norm1 = Cut3rModLN(dim, dim)
+        self.attn = Cut3rAttention(dim, num_heads, rope)
+        self.norm2 = Cut3rModLN(dim, dim)
+        self.mlp = Cut3rMlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x, cond), pos)
+        return x + self.mlp(self.norm2(x, cond))

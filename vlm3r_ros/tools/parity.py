@@ -1,0 +1,154 @@
+"""Numerical parity of our models with the official implementations, on fixture files.
+
+    python -m vlm3r_ros.tools.parity cut3r FILE.safetensors [--dump OUT.safetensors]
+
+A CUT3R fixture is ``FILE.safetensors`` (``param/*`` weights, ``input/*`` frames and
+resets, ``expect/*`` official outputs) with ``FILE.json`` (its config) beside it. We build
+the model from the JSON, load ``param/*`` strictly, stream ``input/frames`` and compare
+every ``expect/*`` tensor. Per output name (pooled over frames) we print the worst
+normalised error |got-exp| / (atol + rtol*|exp|) and the fraction of elements above 1.
+
+Rules (from the fixtures' README):
+  strict: every element has normalised error <= 1 (atol = rtol = 1e-4);
+  robust: per name at most 0.5% of elements above 1, and every element within
+          1e-2 + 1e-2*|exp|.
+The exit status is non-zero when the robust rule fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ATOL = RTOL = 1e-4
+ROBUST_FRACTION = 0.005
+ROBUST_ATOL = ROBUST_RTOL = 1e-2
+
+
+@dataclass
+class NameReport:
+    name: str
+    elements: int
+    worst_norm_err: float
+    frac_over_tol: float
+    worst_robust_ratio: float  # max |got-exp| / (1e-2 + 1e-2*|exp|)
+
+    @property
+    def strict_ok(self) -> bool:
+        return self.worst_norm_err <= 1.0
+
+    @property
+    def robust_ok(self) -> bool:
+        return self.frac_over_tol <= ROBUST_FRACTION and self.worst_robust_ratio <= 1.0
+
+
+def compare(produced: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[NameReport]:
+    """Compare tensors named ``expect/...``, pooled per output name (the part after the frame)."""
+    missing = sorted(set(expected) - set(produced))
+    if missing:
+        raise KeyError(f"no produced tensor for: {missing[:10]}")
+    pooled: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for key, exp in expected.items():
+        got = produced[key]
+        if tuple(got.shape) != tuple(exp.shape):
+            raise ValueError(f"{key}: produced shape {tuple(got.shape)} != expected {tuple(exp.shape)}")
+        name = re.sub(r"^expect/\d+/", "", key).replace("expect/", "")
+        pooled.setdefault(name, []).append((got.double(), exp.double()))
+    reports = []
+    for name, pairs in sorted(pooled.items()):
+        got = torch.cat([g.flatten() for g, _ in pairs])
+        exp = torch.cat([e.flatten() for _, e in pairs])
+        diff = (got - exp).abs()
+        norm = diff / (ATOL + RTOL * exp.abs())
+        robust = diff / (ROBUST_ATOL + ROBUST_RTOL * exp.abs())
+        norm = torch.nan_to_num(norm, nan=float("inf"))
+        robust = torch.nan_to_num(robust, nan=float("inf"))
+        reports.append(NameReport(name, exp.numel(), float(norm.max()), float((norm > 1).double().mean()),
+                                  float(robust.max())))
+    return reports
+
+
+def format_reports(reports: list[NameReport]) -> str:
+    lines = [f"{'output':<22} {'elements':>9} {'worst norm err':>15} {'frac > tol':>11} {'robust':>7} {'strict':>7}"]
+    for r in reports:
+        lines.append(f"{r.name:<22} {r.elements:>9} {r.worst_norm_err:>15.4g} {r.frac_over_tol:>11.3%} "
+                     f"{'ok' if r.robust_ok else 'FAIL':>7} {'ok' if r.strict_ok else 'miss':>7}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- CUT3R
+def run_cut3r_fixture(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """Run our CUT3R on a fixture. Returns (produced, expected, fixture json)."""
+    from safetensors.torch import load_file
+
+    from vlm3r_ros.engine.checkpoint import build_cut3r, config_from_json
+
+    path = Path(path)
+    doc = json.loads(path.with_suffix(".json").read_text())
+    tensors = load_file(str(path))
+    config = config_from_json(doc, source=str(path.with_suffix(".json")))
+    params = {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}
+    model = build_cut3r(config, params)
+    frames = tensors["input/frames"].float()
+    resets = tensors.get("input/reset", torch.zeros(frames.shape[0], dtype=torch.uint8)).bool()
+    rows, cols = tensors.get("meta/dense_rows"), tensors.get("meta/dense_cols")
+
+    def dense(t: torch.Tensor) -> torch.Tensor:
+        return t[:, rows][:, :, cols] if rows is not None else t
+
+    produced: dict[str, torch.Tensor] = {}
+    state = model.init_state(1)
+    produced["expect/init/state_feat"] = state.state_feat
+    produced["expect/init/mem"] = state.mem
+    produced["expect/init/state_pos"] = model.state_positions(1)
+    for t in range(frames.shape[0]):
+        out, state = model.step(state, frames[t:t + 1], reset=bool(resets[t]), with_heads=True)
+        h = out.heads
+        values = {
+            "camera_token": out.camera_token, "patch_tokens": out.patch_tokens, "state_feat": state.state_feat,
+            "mem": state.mem, "pose_token_in": out.pose_token_in, "enc_feat": out.enc_feat,
+            "camera_pose": h.camera_pose, "camera_c2w": h.camera_c2w,
+            "pts3d_in_self_view": dense(h.pts3d_in_self_view), "conf_self": dense(h.conf_self),
+            "pts3d_in_other_view": dense(h.pts3d_in_other_view), "conf": dense(h.conf),
+        }
+        if h.rgb is not None:
+            values["rgb"] = dense(h.rgb)
+        for name, value in values.items():
+            produced[f"expect/{t}/{name}"] = value.detach().clone()
+    expected = {k: v for k, v in tensors.items() if k.startswith("expect/")}
+    return produced, expected, doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vlm3r_ros.tools.parity", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", choices=["cut3r"], help="which model the fixture is for")
+    parser.add_argument("fixture", type=Path, help="fixture .safetensors (its .json beside it)")
+    parser.add_argument("--dump", type=Path, help="write every produced tensor (under its expect/* name) here")
+    args = parser.parse_args(argv)
+    if not args.fixture.is_file() or not args.fixture.with_suffix(".json").is_file():
+        parser.error(f"need {args.fixture} and {args.fixture.with_suffix('.json')}")
+    torch.set_grad_enabled(False)
+    produced, expected, doc = run_cut3r_fixture(args.fixture)
+    reports = compare(produced, expected)
+    print(f"fixture {args.fixture.name} ({doc.get('case', '?')}): {len(expected)} expected tensors")
+    print(format_reports(reports))
+    if args.dump:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in produced.items()}, str(args.dump))
+        print(f"wrote {len(produced)} tensors to {args.dump}")
+    strict = all(r.strict_ok for r in reports)
+    robust = all(r.robust_ok for r in reports)
+    print(f"strict rule: {'PASS' if strict else 'MISS'}; robust rule: {'PASS' if robust else 'FAIL'}")
+    return 0 if robust else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
