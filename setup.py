@@ -1,0 +1,53 @@
+"""pip side of the hybrid package vlm3r_ros.
+
+CMakeLists.txt generates the ROS interfaces and installs their Python modules
+(vlm3r_ros/msg, vlm3r_ros/srv, vlm3r_ros/*.so) into this source tree; this file
+then installs the whole Python package. scripts/setup.sh runs both, in that
+order, with `pip install -e .`.
+"""
+from setuptools import find_packages, setup
+
+package_name = 'vlm3r_ros'
+
+# Command-line entry points, 'command = module:function'. Extend here.
+CONSOLE_SCRIPTS = {
+    'vlm3r-cut3r': 'vlm3r_ros.tools.run_cut3r:main',
+    'vlm3r-parity': 'vlm3r_ros.tools.parity:main',
+    'vlm3r-convert-cut3r': 'vlm3r_ros.tools.convert_cut3r:main',
+}
+
+setup(
+    name=package_name,
+    version='0.1.0',  # keep equal to package.xml and vlm3r_ros/__init__.py
+    description='Streaming 3D spatial question answering (CUT3R + VLM-3R) for ROS 2.',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    packages=find_packages(include=[package_name, package_name + '.*']),
+    # The typesupport extensions that CMake installs next to the generated msg/srv.
+    package_data={package_name: ['*.so']},
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+    ],
+    # torch is deliberately not listed: the right build depends on the platform
+    # (CPU, CUDA, Jetson) and a bare requirement makes pip fetch a multi-GB CUDA
+    # build. scripts/setup.sh installs it first; see README.md. The ROS 2 Python
+    # packages (rclpy, messages) come from requirements.txt or a ROS install.
+    install_requires=[
+        'numpy',
+        'pyyaml',
+        'safetensors',
+        'transformers',
+        'pillow',
+        'tqdm',
+        'omegaconf',
+        'imageio',
+        'imageio-ffmpeg',
+    ],
+    zip_safe=False,
+    entry_points={
+        'console_scripts': [
+            f'{name} = {target}' for name, target in CONSOLE_SCRIPTS.items()
+        ],
+    },
+)
