@@ -280,7 +280,11 @@ def build_cut3r(config: Cut3rConfig, state_dict: Mapping[str, torch.Tensor], *,
     sd = normalize_state_dict(state_dict)
     check_state_dict(model, sd)
     model.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()}, strict=True, assign=True)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    # The official code feeds the heads float32 inputs (`.float()`); keeping the heads in
+    # float32 keeps exp-mapped depths and poses accurate when the trunk runs in half precision.
+    model.downstream_head.float()
+    return model
 
 
 def load_cut3r(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

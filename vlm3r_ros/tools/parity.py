@@ -96,19 +96,27 @@ def run_cut3r_fixture(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     params = {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}
     model = build_cut3r(config, params)
     frames = tensors["input/frames"].float()
-    resets = tensors.get("input/reset", torch.zeros(frames.shape[0], dtype=torch.uint8)).bool()
+    if frames.ndim == 4:  # (T, 3, H, W): one stream
+        frames = frames[:, None]
+    steps, batch = frames.shape[:2]  # (T, B, 3, H, W)
+
+    def per_step(name: str, default: bool) -> torch.Tensor:
+        flags = tensors.get(name, torch.full((steps,), int(default), dtype=torch.uint8)).bool()
+        return flags[:, None].expand(steps, batch) if flags.ndim == 1 else flags
+
+    resets, updates = per_step("input/reset", False), per_step("input/update", True)
     rows, cols = tensors.get("meta/dense_rows"), tensors.get("meta/dense_cols")
 
     def dense(t: torch.Tensor) -> torch.Tensor:
         return t[:, rows][:, :, cols] if rows is not None else t
 
     produced: dict[str, torch.Tensor] = {}
-    state = model.init_state(1)
+    state = model.init_state(batch)
     produced["expect/init/state_feat"] = state.state_feat
     produced["expect/init/mem"] = state.mem
-    produced["expect/init/state_pos"] = model.state_positions(1)
-    for t in range(frames.shape[0]):
-        out, state = model.step(state, frames[t:t + 1], reset=bool(resets[t]), with_heads=True)
+    produced["expect/init/state_pos"] = model.state_positions(batch)
+    for t in range(steps):
+        out, state = model.step(state, frames[t], update=updates[t], reset=resets[t], with_heads=True)
         h = out.heads
         values = {
             "camera_token": out.camera_token, "patch_tokens": out.patch_tokens, "state_feat": state.state_feat,
