@@ -109,13 +109,13 @@ fi
 torch_version() {
   "$PY" -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null
 }
-torch_satisfies() {  # exit 0 when the installed torch meets the requirement $1
+torch_satisfies() {  # exit 0 when the installed torch meets the requirement $1 (never for a URL)
   "$PY" -c '
 import importlib.metadata as md, sys
 from pip._vendor.packaging.requirements import Requirement
 from pip._vendor.packaging.version import Version
 req = Requirement(sys.argv[1])
-ok = req.name == "torch" and req.specifier.contains(Version(md.version("torch")), prereleases=True)
+ok = req.name == "torch" and not req.url and req.specifier.contains(Version(md.version("torch")), prereleases=True)
 sys.exit(0 if ok else 1)
 ' "$1" >/dev/null 2>&1
 }
@@ -154,6 +154,11 @@ export AMENT_PREFIX_PATH="$VENV"   # else "No 'rosidl_typesupport_c' found"
 # Stale generated modules from an earlier build (e.g. a removed .msg) must go.
 rm -rf "$ROOT/$PKG/msg" "$ROOT/$PKG/srv"
 rm -f "$ROOT/$PKG"/*.so
+# A build tree configured elsewhere (the repository was moved) cannot be reused.
+if [[ -f "$BUILD/CMakeCache.txt" ]] && ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$ROOT" "$BUILD/CMakeCache.txt"; then
+  log "    removing $BUILD: it was configured for another source directory"
+  rm -rf "$BUILD"
+fi
 mkdir -p "$BUILD"
 CMAKE_LOG="$BUILD/setup-cmake.log"
 cmake -S "$ROOT" -B "$BUILD" \
