@@ -100,20 +100,38 @@ def _without_fp16_qk_rounding(monkeypatch):
     return mutated
 
 
+def _encoder_only_report(model, tensors):
+    """The robust-rule report of enc_feat for frame 0 (the encoder does not depend on the stream)."""
+    frames = tensors['input/frames'].float()
+    with torch.inference_mode():
+        enc_feat, _ = model.encode(frames[0:1])
+    [report] = compare({'expect/0/enc_feat': enc_feat}, {'expect/0/enc_feat': tensors['expect/0/enc_feat']})
+    assert report.name == 'enc_feat'
+    return report
+
+
 def test_mutation_without_fp16_qk_rounding_fails_robust_rule(
         cut3r_reference_dir, cut3r_fixture_file, monkeypatch):
+    """A small local runner: build the fixture's model like run_cut3r_fixture, run the encoder only."""
     assert cut3r_fixture_file is not None, f'no cut3r_*.safetensors fixture in {cut3r_reference_dir}'
-    mutated = _without_fp16_qk_rounding(monkeypatch)
-    produced, expected, _ = run_cut3r_fixture(cut3r_fixture_file)
-    assert len(mutated) == 1, 'the runner did not build its model through build_cut3r'
-    reports = {r.name: r for r in compare(produced, expected)}
-    enc = reports['enc_feat']
-    assert not enc.robust_ok, (
+    doc = json.loads(cut3r_fixture_file.with_suffix('.json').read_text())
+    tensors = load_file(str(cut3r_fixture_file))
+    params = {k[len('param/'):]: v for k, v in tensors.items() if k.startswith('param/')}
+    model = checkpoint.build_cut3r(checkpoint.config_from_json(doc), params)
+
+    control = _encoder_only_report(model, tensors)
+    assert control.robust_ok, f'the unmutated encoder misses the robust rule: {control}'
+
+    assert len(model.enc_blocks) > 0
+    for blk in model.enc_blocks:
+        assert blk.attn.round_qk_fp16 is True  # the official behaviour is on by default
+        monkeypatch.setattr(blk.attn, 'round_qk_fp16', False)
+    mutated = _encoder_only_report(model, tensors)
+    assert not mutated.robust_ok, (
         f'{cut3r_fixture_file.name}: the robust rule did not catch the missing fp16 rounding '
-        f'({enc.frac_over_tol:.3%} of enc_feat over tolerance)')
-    assert enc.frac_over_tol > max(MUTATION_MIN_FRACTION, ROBUST_FRACTION), enc
-    # the decoder-side outputs that depend only on the weights are untouched by the mutation
-    assert reports['init/state_feat'].robust_ok and reports['init/mem'].robust_ok
+        f'({mutated.frac_over_tol:.3%} of enc_feat over tolerance)')
+    assert mutated.frac_over_tol > max(MUTATION_MIN_FRACTION, ROBUST_FRACTION), mutated
+    assert mutated.frac_over_tol > 10 * control.frac_over_tol
 
 
 def _smallest_fixture(cut3r_reference_dir):
@@ -123,10 +141,14 @@ def _smallest_fixture(cut3r_reference_dir):
 
 
 def test_cli_exit_status_is_1_when_the_robust_rule_fails(cut3r_reference_dir, monkeypatch, capsys):
+    """The whole runner with the mutated encoder: enc_feat fails and the CLI says so."""
     fixture = _smallest_fixture(cut3r_reference_dir)
-    _without_fp16_qk_rounding(monkeypatch)
+    mutated = _without_fp16_qk_rounding(monkeypatch)
     assert main(['cut3r', str(fixture)]) == 1
-    assert 'robust rule: FAIL' in capsys.readouterr().out
+    assert len(mutated) == 1, 'the runner did not build its model through build_cut3r'
+    out = capsys.readouterr().out
+    assert 'robust rule: FAIL' in out
+    assert re.search(r'^enc_feat .* FAIL', out, re.MULTILINE), out
 
 
 def test_cli_refuses_a_missing_fixture(tmp_path, capsys):
