@@ -49,6 +49,23 @@ def full_size_keys(cut3r_reference_dir):
     return json.loads(path.read_text())
 
 
+@pytest.fixture(scope='module')
+def torch_single_thread():
+    """One intra-op torch thread for the modules that use it (restored afterwards).
+
+    The CUT3R tests run tiny models, where threads buy nothing; on a busy 2-core machine
+    two OpenMP threads per process made those modules over ten times slower (about 16 s
+    for all of them with one thread, several minutes with two). Use it with
+    ``pytestmark = pytest.mark.usefixtures('torch_single_thread')``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_generate_tests(metafunc):
     """Parametrize ``cut3r_fixture_file`` over every parity fixture found.
 

@@ -22,6 +22,8 @@ from vlm3r_ros.engine.checkpoint import (
     save_cut3r_safetensors)
 from vlm3r_ros.models.cut3r.tiny import TINY_CONFIGS, random_cut3r
 
+pytestmark = pytest.mark.usefixtures('torch_single_thread')
+
 FRAME_HW = (64, 96)  # tiny frames: every head works at any multiple of 16
 
 

@@ -11,6 +11,8 @@ from vlm3r_ros.models.cut3r import PUBLIC_CONFIGS, Cut3rConfig, Cut3rConfigError
 from vlm3r_ros.models.cut3r.config import parse_constructor_string
 from vlm3r_ros.models.cut3r.tiny import TINY_CONFIGS
 
+pytestmark = pytest.mark.usefixtures('torch_single_thread')
+
 ALL_CONFIGS = {**PUBLIC_CONFIGS, **TINY_CONFIGS}
 
 TINY_LINEAR_KWARGS = (

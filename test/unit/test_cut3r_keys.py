@@ -14,6 +14,8 @@ from vlm3r_ros.models.cut3r import PUBLIC_CONFIGS, Cut3rConfig, Cut3rModel
 from vlm3r_ros.models.cut3r.config import parse_constructor_string
 from vlm3r_ros.models.cut3r.tiny import random_cut3r
 
+pytestmark = pytest.mark.usefixtures('torch_single_thread')
+
 PUBLIC_NAMES = ['cut3r_512_dpt_4_64', 'cut3r_224_linear_4']
 
 

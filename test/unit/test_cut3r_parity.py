@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 import vlm3r_ros.engine.checkpoint as checkpoint
 from vlm3r_ros.tools.parity import ROBUST_FRACTION, compare, main, run_cut3r_fixture
 
+pytestmark = pytest.mark.usefixtures('torch_single_thread')
+
 # The official RoPE rounding that the mutation removes: README "Facts" 1, and the
 # per-case "no fp16 rounding of q/k in the encoder" row of the mutation table (9-16%).
 MUTATION_MIN_FRACTION = 0.01

@@ -9,6 +9,8 @@ from PIL import Image
 from vlm3r_ros.models.cut3r.processing import (
     ImageFormatError, preprocess_cut3r, preprocess_siglip, preprocess_vlm3r, siglip_to_cut3r)
 
+pytestmark = pytest.mark.usefixtures('torch_single_thread')
+
 
 def noise(h, w, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)

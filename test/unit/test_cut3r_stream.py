@@ -12,6 +12,8 @@ from vlm3r_ros.models.cut3r import Cut3rInputError
 from vlm3r_ros.models.cut3r.processing import ImageFormatError
 from vlm3r_ros.models.cut3r.tiny import random_cut3r
 
+pytestmark = pytest.mark.usefixtures('torch_single_thread')
+
 HW = (48, 64)  # small frames keep every test fast; any multiple of 16 works
 
 
