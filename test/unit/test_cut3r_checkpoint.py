@@ -426,10 +426,6 @@ def test_truncated_pth_is_a_checkpoint_error(tmp_path, tiny_linear):
         load_cut3r(path)
 
 
-@pytest.mark.xfail(strict=True, raises=pickle.UnpicklingError, reason=(
-    'known bug (reported): a .pth that is not a zip archive goes to the legacy fallback of '
-    'restricted_torch_load, whose errors are not wrapped, so junk bytes raise a raw '
-    'pickle.UnpicklingError instead of CheckpointError. Remove this marker once fixed.'))
 def test_junk_pth_is_a_checkpoint_error(tmp_path):
     path = tmp_path / 'cut3r.pth'
     path.write_bytes(b'this is not a checkpoint ' * 8)
@@ -457,10 +453,6 @@ def test_half_precision_file_loads_as_float32_weights(tmp_path, tiny_linear):
     assert math.isfinite(float(model.pose_token.abs().sum()))
 
 
-@pytest.mark.xfail(strict=True, raises=json.JSONDecodeError, reason=(
-    'known bug (reported): _read_safetensors json.loads the side-car without catching '
-    'JSONDecodeError, so a malformed X.json escapes as a raw JSONDecodeError instead of '
-    'CheckpointError. Remove this marker once fixed.'))
 def test_malformed_sidecar_json_is_a_checkpoint_error(tmp_path, tiny_linear):
     path = save_cut3r_safetensors(tiny_linear.config, tiny_linear.state_dict(), tmp_path / 'x.safetensors')
     path.with_suffix('.json').write_text('{not json')
@@ -468,12 +460,6 @@ def test_malformed_sidecar_json_is_a_checkpoint_error(tmp_path, tiny_linear):
         load_cut3r(path)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    'known bug (reported): restricted_torch_load memory-maps the .pth and build_cut3r keeps '
-    'float32 CPU tensors without copying (assign=True, .to() is a no-op), so the live model '
-    'reads its weights from the file: rewriting the file in place changes the model, and '
-    'truncating it (e.g. cp new.pth over it) kills the process with SIGBUS. '
-    'Remove this marker once fixed.'))
 def test_a_loaded_model_does_not_depend_on_its_file(tmp_path, tiny_linear):
     path = tmp_path / 'cut3r.pth'
     torch.save({'model': tiny_linear.state_dict()}, path)

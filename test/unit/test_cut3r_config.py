@@ -192,10 +192,6 @@ def test_dataclass_validate_refuses_unsupported_values_directly():
 
 
 # ---------------------------------------------------------------- round trips
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    'known bug (reported): from_official_kwargs leaves dpt_layer_dims as a list, so '
-    'from_official_kwargs(c.to_official_kwargs()) != c (and the config is unhashable). '
-    'Remove this marker once fixed.'))
 @pytest.mark.parametrize('name', sorted(ALL_CONFIGS))
 def test_official_kwargs_round_trip_is_equal(name):
     config = ALL_CONFIGS[name]
@@ -263,11 +259,6 @@ def test_fixture_json_configs_parse(cut3r_reference_dir):
 
 
 # ------------------------------------------------------ malformed values (known bugs)
-@pytest.mark.xfail(strict=True, raises=(ValueError, IndexError, TypeError), reason=(
-    'known bug (reported): from_official_kwargs converts values without checking them, so '
-    'malformed values raise a raw ValueError/IndexError/TypeError instead of Cut3rConfigError '
-    '(and read_cut3r_checkpoint, which wraps only Cut3rConfigError, lets them escape too). '
-    'Remove this marker once fixed.'))
 @pytest.mark.parametrize('kwargs', [
     {'pos_embed': 'RoPE'},
     {'pos_embed': 'RoPEabc'},
@@ -283,10 +274,6 @@ def test_malformed_values_raise_config_error(kwargs):
         Cut3rConfig.from_official_kwargs(kwargs)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    'known bug (reported): validate() does not check booleans, mlp_ratio or the DPT widths, '
-    "so rgb_head='no' (a truthy string: builds an rgb head), mlp_ratio=0 and "
-    'dpt_feature_dim=0 are accepted. Remove this marker once fixed.'))
 @pytest.mark.parametrize('kwargs', [{'rgb_head': 'no'}, {'mlp_ratio': 0}, {'dpt_feature_dim': 0}],
                          ids=['rgb_head string', 'mlp_ratio 0', 'dpt_feature_dim 0'])
 def test_invalid_values_are_refused(kwargs):

@@ -185,10 +185,6 @@ def test_cli_dump_holds_every_expected_tensor(cli_dump):
     assert all(r.robust_ok for r in reports), [r for r in reports if not r.robust_ok]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    'known bug (reported): parity --dump also writes expect/<t>/enc_feat for t >= 1, which '
-    'the fixtures do not store (enc_feat is expected for t=0 only), so the dump is not '
-    'name-for-name comparable with the fixture. Remove this marker once fixed.'))
 def test_cli_dump_has_exactly_the_expected_names(cli_dump):
     fixture, code, dump = cli_dump
     doc = json.loads(fixture.with_suffix('.json').read_text())

@@ -252,10 +252,6 @@ def test_good_masks_are_accepted(model, which):
         assert out.patch_tokens.shape[0] == 1
 
 
-@pytest.mark.xfail(strict=True, raises=(TypeError, RuntimeError), reason=(
-    'known bug (reported): Cut3rModel._mask passes the value to torch.as_tensor unchecked, so '
-    'a mask that torch cannot convert (a string, None, a dict) raises TypeError/RuntimeError '
-    'instead of Cut3rInputError. Remove this marker once fixed.'))
 @pytest.mark.parametrize('mask', ['yes', None, {'a': True}], ids=['string', 'None', 'dict'])
 def test_unconvertible_masks_raise_input_error(model, mask):
     with pytest.raises(Cut3rInputError, match='update'):

@@ -116,16 +116,13 @@ _RESTRICTED_PICKLE = types.SimpleNamespace(
 
 def restricted_torch_load(path: str | Path) -> Any:
     """``torch.load`` that rebuilds tensors but turns every other object into inert data."""
+    # No mmap: a model must own its weights (a memory-mapped file rewritten or truncated
+    # under a running node would change its weights or kill it with SIGBUS).
     try:
-        return torch.load(str(path), map_location="cpu", pickle_module=_RESTRICTED_PICKLE,
-                          weights_only=False, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):
-            raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from None
-        # legacy (pre-zip) files cannot be memory-mapped
         return torch.load(str(path), map_location="cpu", pickle_module=_RESTRICTED_PICKLE, weights_only=False)
-    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from None
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError,
+            AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -202,17 +199,23 @@ def _read_safetensors(path: Path, config: Cut3rConfig | None):
     if config is None:
         sidecar = path.with_suffix(".json")
         if sidecar.is_file():
-            text = sidecar.read_text()
+            text, source = sidecar.read_text(), str(sidecar)
         elif "cut3r_config" in metadata:
-            text = metadata["cut3r_config"]
+            text, source = metadata["cut3r_config"], f"{path} (embedded config)"
         else:
             raise CheckpointError(f"{path}: no config: expected {sidecar.name} beside it (or pass the config)")
-        config = config_from_json(json.loads(text), source=str(sidecar))
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{source}: not valid JSON ({exc})") from None
+        config = config_from_json(doc, source=source)
     return config, state_dict
 
 
 def config_from_json(doc: Mapping[str, Any], source: str = "config") -> Cut3rConfig:
     """Our side-car JSON, or a parity-fixture JSON (``config_kwargs`` + ``structural_overrides``)."""
+    if not isinstance(doc, Mapping):
+        raise CheckpointError(f"{source}: expected a JSON object, got {type(doc).__name__}")
     try:
         if "config_kwargs" in doc:
             return Cut3rConfig.from_official_kwargs(doc["config_kwargs"], doc.get("structural_overrides"))
@@ -274,7 +277,11 @@ def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
 
 def build_cut3r(config: Cut3rConfig, state_dict: Mapping[str, torch.Tensor], *,
                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Cut3rModel:
-    """Build on the meta device (no random init), then load strictly and move to device/dtype."""
+    """Build on the meta device (no random init), then load strictly and move to device/dtype.
+
+    The model takes over the given tensors (no copy when they already have the target
+    device and dtype): do not modify ``state_dict`` afterwards.
+    """
     with torch.device("meta"):
         model = Cut3rModel(config)
     sd = normalize_state_dict(state_dict)

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", choices=["cut3r"], help="which model the fixture is for")
     parser.add_argument("fixture", type=Path, help="fixture .safetensors (its .json beside it)")
-    parser.add_argument("--dump", type=Path, help="write every produced tensor (under its expect/* name) here")
+    parser.add_argument("--dump", type=Path, help="write every compared tensor we produced, under its expect/* name")
     args = parser.parse_args(argv)
     if not args.fixture.is_file() or not args.fixture.with_suffix(".json").is_file():
         parser.error(f"need {args.fixture} and {args.fixture.with_suffix('.json')}")
@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dump:
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in produced.items()}, str(args.dump))
-        print(f"wrote {len(produced)} tensors to {args.dump}")
+        save_file({k: produced[k].contiguous() for k in expected}, str(args.dump))
+        print(f"wrote {len(expected)} tensors to {args.dump}")
     strict = all(r.strict_ok for r in reports)
     robust = all(r.robust_ok for r in reports)
     print(f"strict rule: {'PASS' if strict else 'MISS'}; robust rule: {'PASS' if robust else 'FAIL'}")

@@ -124,7 +124,17 @@ class Cut3rConfig:
         need(self.depth_mode[1:] == (-INF, INF) and self.pose_mode[1:] == (-INF, INF),
              "bounded depth/pose modes are not used by any released checkpoint")
         need(self.conf_mode[2] == INF, "conf_mode upper bound must be inf")
-        need(len(self.dpt_layer_dims) == 4, "dpt_layer_dims needs 4 entries")
+        for name in ("rgb_head", "pose_head"):
+            need(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
+        need(isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio > 0,
+             f"mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
+        need(isinstance(self.dpt_layer_dims, tuple) and len(self.dpt_layer_dims) == 4,
+             f"dpt_layer_dims needs a tuple of 4 entries, got {self.dpt_layer_dims!r}")
+        for name, value in (("dpt_feature_dim", self.dpt_feature_dim), ("dpt_last_dim", self.dpt_last_dim),
+                            *(("dpt_layer_dims", v) for v in self.dpt_layer_dims)):
+            need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                 f"{name} must hold positive ints, got {value!r}")
+        need(self.dpt_feature_dim % 2 == 0, f"dpt_feature_dim must be even, got {self.dpt_feature_dim}")
         return self
 
     # ------------------------------------------------------------ constructors
@@ -135,13 +145,27 @@ class Cut3rConfig:
 
         ``'inf'`` / ``'-inf'`` strings stand for infinities, as in the fixture JSON.
         """
+        try:
+            return cls._from_official_kwargs(kwargs, structural_overrides)
+        except Cut3rConfigError:
+            raise
+        except (TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise Cut3rConfigError(f"malformed CUT3R config value ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_official_kwargs(cls, kwargs, structural_overrides):
+        if not isinstance(kwargs, Mapping):
+            raise Cut3rConfigError(f"config kwargs must be a mapping, got {type(kwargs).__name__}")
         kw = {k: _decode_inf(v) for k, v in kwargs.items()}
         out: dict[str, Any] = {}
         unknown = {}
         pos_embed = kw.pop("pos_embed", "RoPE100")
         if not (isinstance(pos_embed, str) and pos_embed.startswith("RoPE")):
             raise Cut3rConfigError(f"only RoPE position embeddings are supported, got pos_embed={pos_embed!r}")
-        out["rope_base"] = float(pos_embed[len("RoPE"):])
+        try:
+            out["rope_base"] = float(pos_embed[len("RoPE"):])
+        except ValueError:
+            raise Cut3rConfigError(f"pos_embed must look like 'RoPE100', got {pos_embed!r}") from None
         output_mode = kw.pop("output_mode", "pts3d+pose")
         if output_mode != "pts3d+pose":
             raise Cut3rConfigError(f"only output_mode='pts3d+pose' is supported, got {output_mode!r}")
@@ -155,16 +179,17 @@ class Cut3rConfig:
                 unknown[key] = value
         if unknown:
             raise Cut3rConfigError(f"unknown CUT3R config arguments: {sorted(unknown)}")
-        for key in ("depth_mode", "conf_mode", "pose_mode", "img_size"):
-            if key in out:
-                out[key] = tuple(out[key])
-        if "conf_mode" in out:
-            m = out["conf_mode"]
-            out["conf_mode"] = (m[0], float(m[1]), float(m[2]))
-        for key in ("depth_mode", "pose_mode"):
+        for key in ("depth_mode", "conf_mode", "pose_mode"):
             if key in out:
                 m = out[key]
+                if not isinstance(m, (list, tuple)) or len(m) != 3:
+                    raise Cut3rConfigError(f"{key} must be ('exp', lo, hi), got {m!r}")
                 out[key] = (m[0], float(m[1]), float(m[2]))
+        for key in ("img_size", "dpt_layer_dims"):
+            if key in out:
+                if not isinstance(out[key], (list, tuple)):
+                    raise Cut3rConfigError(f"{key} must be a list, got {out[key]!r}")
+                out[key] = tuple(out[key])
         for key, value in (structural_overrides or {}).items():
             if key in ("dpt_feature_dim", "dpt_last_dim"):
                 out[key] = int(value)
@@ -238,12 +263,7 @@ def parse_constructor_string(text: str) -> dict[str, Any]:
 
 
 def _call_name(call: ast.Call) -> str | None:
-    func = call.func
-    if isinstance(func, ast.Name):
-        return func.id
-    if isinstance(func, ast.Attribute):
-        return func.attr
-    return None
+    return call.func.id if isinstance(call.func, ast.Name) else None
 
 
 def _literal(node: ast.AST, name: str) -> Any:

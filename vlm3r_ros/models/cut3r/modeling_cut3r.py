@@ -199,7 +199,10 @@ class Cut3rModel(nn.Module):
             raise Cut3rInputError(f"batch of {frames.shape[0]} frames for a state of {state.batch_size} streams")
 
     def _mask(self, value, batch: int, name: str) -> torch.Tensor:
-        mask = torch.as_tensor(value, device=self.device)
+        try:
+            mask = torch.as_tensor(value, device=self.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise Cut3rInputError(f"{name} must be a bool or a (B,) bool tensor, got {type(value).__name__}") from None
         if mask.dtype != torch.bool:
             raise Cut3rInputError(f"{name} must be a bool or a (B,) bool tensor, got {mask.dtype}")
         if mask.ndim == 0:
@@ -211,7 +214,7 @@ class Cut3rModel(nn.Module):
     # ------------------------------------------------------------------- step
     def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) -> encoder tokens (B, N, enc_dim) and their (row, col) positions."""
-        x, pos = self.patch_embed(frames.to(self.dtype))
+        x, pos = self.patch_embed(frames.to(device=self.device, dtype=self.dtype))
         for blk in self.enc_blocks:
             x = blk(x, pos)
         return self.enc_norm(x), pos
