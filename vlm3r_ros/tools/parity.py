@@ -133,16 +133,117 @@ def run_cut3r_fixture(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     return produced, expected, doc
 
 
+# ---------------------------------------------------------------------- VLM-3R
+VLM3R_TOLERANCE = 1e-5  # max abs error per tensor, float32
+
+
+def run_vlm3r_fixture(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """Run our VLM-3R token path (fusion, projector, pooling, newlines, splice) on a fixture."""
+    from safetensors.torch import load_file
+
+    from vlm3r_ros.models.vlm.fusion import Vlm3rFusionBlock, select_spatial_tokens
+    from vlm3r_ros.models.vlm.modeling_vlm3r import splice_embeddings
+    from vlm3r_ros.models.vlm.projector import add_newlines, build_projector, pool_2d
+
+    path = Path(path)
+    doc = json.loads(path.with_suffix(".json").read_text())
+    cfg = doc["config"]
+    t = load_file(str(path))
+    params = {k[len("param/model."):]: v for k, v in t.items() if k.startswith("param/model.")}
+    dv = params["fusion_block.clip_norm.weight"].shape[0]
+    ds = params["fusion_block.spatial_encoder_norm.weight"].shape[0]
+    hidden = params["mm_projector.0.weight"].shape[0]
+    fusion = Vlm3rFusionBlock(dv, ds, int(cfg["num_heads"])).eval()
+    fusion.load_state_dict({k[len("fusion_block."):]: v for k, v in params.items()
+                            if k.startswith("fusion_block.")}, strict=True)
+    projector = build_projector(dv, hidden).eval()
+    projector.load_state_dict({k[len("mm_projector."):]: v for k, v in params.items()
+                               if k.startswith("mm_projector.")}, strict=True)
+    embed = torch.nn.Embedding.from_pretrained(params["embed_tokens.weight"])
+    newline = params["image_newline"]
+    grid = int(cfg["grid"][0])
+    stride = int(cfg.get("pool_stride", 2))
+
+    produced: dict[str, torch.Tensor] = {}
+    with torch.inference_mode():
+        vision = t["input/siglip_features"]
+        kv = select_spatial_tokens(t["input/cut3r_camera_tokens"], t["input/cut3r_patch_tokens"],
+                                   cfg["spatial_tower_select_feature"])
+        produced["expect/kv_tokens"] = kv
+        debug: dict[str, torch.Tensor] = {}
+        hooks = [getattr(fusion, name).register_forward_hook(
+            lambda _m, _i, out, name=name: debug.__setitem__(name, out[0] if isinstance(out, tuple) else out))
+            for name in ("clip_norm", "spatial_encoder_norm", "clip_query_proj", "spatial_encoder_key_proj",
+                         "spatial_encoder_value_proj", "cross_attention", "out_proj", "out_norm")]
+        fused, weights = fusion(vision, kv)
+        for h in hooks:
+            h.remove()
+        produced["expect/fused"] = fused
+        produced["expect/attn_weights_head_mean_first8"] = weights[:, :8]
+        for name, value in debug.items():
+            produced[f"expect/fusion_debug_frame0/{name}"] = value[0]
+        projected = projector(fused)
+        produced["expect/projected"] = projected
+        pooled = {mode: pool_2d(projected, grid, mode, stride) for mode in ("bilinear", "average", "max")}
+        for mode, value in pooled.items():
+            produced[f"expect/pooled/{mode}"] = value
+        for newline_mode in ("grid", "frame", "one_token", "no_token"):
+            for mode in ("bilinear", "average", "max"):
+                produced[f"expect/visual_tokens/{newline_mode}_{mode}"] = add_newlines(pooled[mode], newline,
+                                                                                      newline_mode)
+        for newline_mode in ("grid", "frame", "one_token", "no_token"):
+            for mode in ("bilinear", "average", "max"):
+                visual = produced[f"expect/visual_tokens/{newline_mode}_{mode}"]
+                produced[f"expect/inputs_embeds/{newline_mode}_{mode}"] = splice_embeddings(
+                    t["input/input_ids"], visual, embed)
+    expected = {k: v for k, v in t.items() if k.startswith("expect/")}
+    return produced, expected, doc
+
+
+def compare_max_abs(produced: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[tuple[str, float]]:
+    """Worst absolute error per expected tensor (shapes must match exactly)."""
+    rows = []
+    for key, exp in sorted(expected.items()):
+        if key not in produced:
+            raise KeyError(f"no produced tensor for {key}")
+        got = produced[key]
+        if tuple(got.shape) != tuple(exp.shape):
+            raise ValueError(f"{key}: produced shape {tuple(got.shape)} != expected {tuple(exp.shape)}")
+        err = (got.double() - exp.double()).abs().max().item() if exp.numel() else 0.0
+        rows.append((key, err if err == err else float("inf")))
+    return rows
+
+
+def _main_vlm3r(args) -> int:
+    produced, expected, doc = run_vlm3r_fixture(args.fixture)
+    rows = compare_max_abs(produced, expected)
+    print(f"fixture {args.fixture.name} ({doc.get('case', '?')}): {len(expected)} expected tensors, "
+          f"tolerance {VLM3R_TOLERANCE:g} max abs")
+    width = max(len(k) for k, _ in rows)
+    for key, err in rows:
+        print(f"{key:<{width}}  {err:10.3g}  {'ok' if err <= VLM3R_TOLERANCE else 'FAIL'}")
+    if args.dump:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in produced.items()}, str(args.dump))
+        print(f"wrote {len(produced)} tensors to {args.dump}")
+    ok = all(err <= VLM3R_TOLERANCE for _, err in rows)
+    print(f"worst {max(e for _, e in rows):.3g}: {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vlm3r_ros.tools.parity", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", choices=["cut3r"], help="which model the fixture is for")
+    parser.add_argument("model", choices=["cut3r", "vlm3r"], help="which model the fixture is for")
     parser.add_argument("fixture", type=Path, help="fixture .safetensors (its .json beside it)")
     parser.add_argument("--dump", type=Path, help="write every compared tensor we produced, under its expect/* name")
     args = parser.parse_args(argv)
     if not args.fixture.is_file() or not args.fixture.with_suffix(".json").is_file():
         parser.error(f"need {args.fixture} and {args.fixture.with_suffix('.json')}")
     torch.set_grad_enabled(False)
+    if args.model == "vlm3r":
+        return _main_vlm3r(args)
     produced, expected, doc = run_cut3r_fixture(args.fixture)
     reports = compare(produced, expected)
     print(f"fixture {args.fixture.name} ({doc.get('case', '?')}): {len(expected)} expected tensors")

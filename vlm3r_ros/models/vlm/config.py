@@ -1,0 +1,128 @@
+"""Architecture configuration of the VLM-3R reasoning model (LLaVA-Video-Qwen2 + fusion).
+
+Defaults are the published model: SigLIP so400m-patch14-384 truncated to 26 layers, the
+cross-attention fusion block (18 heads of 64), the mlp2x_gelu projector, Qwen2-7B.
+Values tagged [unverified] in ``shared/reference/vlm3r/README.md`` come from the code's
+defaults and the Qwen2-7B architecture; a real checkpoint's ``config.json`` overrides them
+(see :func:`Vlm3rConfig.from_llava_config`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Mapping
+
+SELECT_FEATURES = ("all", "patch_tokens", "camera_tokens")
+POOL_MODES = ("bilinear", "average", "max")
+NEWLINE_MODES = ("grid", "frame", "one_token", "no_token")
+
+
+class Vlm3rConfigError(ValueError):
+    """A VLM-3R configuration we cannot build, with the reason."""
+
+
+@dataclass(frozen=True)
+class SiglipSettings:
+    hidden_size: int = 1152
+    intermediate_size: int = 4304
+    num_hidden_layers: int = 26  # 27 in the checkpoint; VLM-3R deletes the last one
+    num_attention_heads: int = 16
+    image_size: int = 384
+    patch_size: int = 14
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = "gelu_pytorch_tanh"
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size  # 27
+
+
+@dataclass(frozen=True)
+class Qwen2Settings:
+    hidden_size: int = 3584
+    intermediate_size: int = 18944
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 28
+    num_key_value_heads: int = 4
+    vocab_size: int = 152064
+    max_position_embeddings: int = 32768
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+
+
+@dataclass(frozen=True)
+class Vlm3rConfig:
+    vision: SiglipSettings = field(default_factory=SiglipSettings)
+    llm: Qwen2Settings = field(default_factory=Qwen2Settings)
+    spatial_dim: int = 768  # CUT3R decoder width
+    fusion_num_heads: int = 18  # hard-coded by the official fusion builder
+    select_feature: str = "all"  # camera token first, then the patch tokens
+    pool_mode: str = "bilinear"  # lmms-eval default; "average" in the README demo
+    newline_mode: str = "grid"
+    pool_stride: int = 2
+    max_context_tokens: int = 32768  # tokenizer_model_max_length of training
+
+    @property
+    def pooled_grid(self) -> int:
+        g = self.vision.grid
+        return -(-g // self.pool_stride) if self.pool_mode == "bilinear" else g // self.pool_stride
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Visual tokens one frame contributes to the prompt (210 for bilinear + grid)."""
+        g = self.pooled_grid
+        return {"grid": g * (g + 1), "frame": g * g + 1}.get(self.newline_mode, g * g)
+
+    def validate(self) -> "Vlm3rConfig":
+        def need(cond, msg):
+            if not cond:
+                raise Vlm3rConfigError(msg)
+
+        need(self.select_feature in SELECT_FEATURES or all(
+            p.strip() in ("patch_tokens", "camera_tokens") for p in self.select_feature.split(",")),
+            f"select_feature must be one of {SELECT_FEATURES} or a comma list of patch_tokens/camera_tokens, "
+            f"got {self.select_feature!r}")
+        need(self.pool_mode in POOL_MODES, f"pool_mode must be one of {POOL_MODES}, got {self.pool_mode!r}")
+        need(self.newline_mode in NEWLINE_MODES, f"newline_mode must be one of {NEWLINE_MODES}, got {self.newline_mode!r}")
+        need(self.vision.hidden_size % self.fusion_num_heads == 0,
+             f"fusion_num_heads={self.fusion_num_heads} must divide the SigLIP width {self.vision.hidden_size}")
+        need(self.llm.num_attention_heads % self.llm.num_key_value_heads == 0, "kv heads must divide query heads")
+        need(self.vision.image_size % self.vision.patch_size == 0, "image_size must be a multiple of patch_size")
+        return self
+
+    def replace(self, **changes) -> "Vlm3rConfig":
+        return replace(self, **changes).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> "Vlm3rConfig":
+        try:
+            vision = SiglipSettings(**doc.get("vision", {}))
+            llm = Qwen2Settings(**doc.get("llm", {}))
+            rest = {k: v for k, v in doc.items() if k not in ("vision", "llm")}
+            return cls(vision=vision, llm=llm, **rest).validate()
+        except TypeError as exc:
+            raise Vlm3rConfigError(f"unknown or malformed VLM-3R config entry: {exc}") from None
+
+    @classmethod
+    def from_llava_config(cls, doc: Mapping[str, Any], **overrides) -> "Vlm3rConfig":
+        """Read a LLaVA-Qwen2 ``config.json`` (base or adapter folder)."""
+        llm_names = {f.name for f in fields(Qwen2Settings)}
+        llm = Qwen2Settings(**{k: doc[k] for k in llm_names if k in doc})
+        kw: dict[str, Any] = {"llm": llm}
+        if "mm_hidden_size" in doc:
+            kw["vision"] = replace(SiglipSettings(), hidden_size=int(doc["mm_hidden_size"]))
+        if "spatial_tower_select_feature" in doc:
+            kw["select_feature"] = doc["spatial_tower_select_feature"]
+        if "spatial_feature_dim" in doc:
+            kw["spatial_dim"] = int(doc["spatial_feature_dim"])
+        if doc.get("mm_spatial_pool_mode") in POOL_MODES:
+            kw["pool_mode"] = doc["mm_spatial_pool_mode"]
+        if doc.get("mm_newline_position") in NEWLINE_MODES:
+            kw["newline_mode"] = doc["mm_newline_position"]
+        if "tokenizer_model_max_length" in doc:
+            kw["max_context_tokens"] = int(doc["tokenizer_model_max_length"])
+        kw.update(overrides)
+        return cls(**kw).validate()
