@@ -87,7 +87,8 @@ class Vlm3rConfig:
         need(self.vision.hidden_size % self.fusion_num_heads == 0,
              f"fusion_num_heads={self.fusion_num_heads} must divide the SigLIP width {self.vision.hidden_size}")
         need(self.llm.num_attention_heads % self.llm.num_key_value_heads == 0, "kv heads must divide query heads")
-        need(self.vision.image_size % self.vision.patch_size == 0, "image_size must be a multiple of patch_size")
+        # 384 is not a multiple of 14: the "valid" patch convolution drops the last 6 pixels (27x27 patches).
+        need(self.vision.image_size >= self.vision.patch_size, "image_size must be at least patch_size")
         return self
 
     def replace(self, **changes) -> "Vlm3rConfig":
