@@ -225,7 +225,7 @@ def _main_vlm3r(args) -> int:
     if args.dump:
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in produced.items()}, str(args.dump))
+        save_file({k: v.clone().contiguous() for k, v in produced.items()}, str(args.dump))
         print(f"wrote {len(produced)} tensors to {args.dump}")
     ok = all(err <= VLM3R_TOLERANCE for _, err in rows)
     print(f"worst {max(e for _, e in rows):.3g}: {'PASS' if ok else 'FAIL'}")
