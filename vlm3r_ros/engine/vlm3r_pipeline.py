@@ -1,0 +1,145 @@
+"""VLM-3R end to end: frames (or per-frame tokens) + a question -> a parsed answer.
+
+Split in the two halves the streaming node needs:
+
+* :meth:`Vlm3rPipeline.ingest` — one RGB frame -> SigLIP 384x384 pixels -> CUT3R step on
+  the same pixels resized to 432x432 (as VLM-3R does) -> fused, projected, pooled visual
+  tokens for that frame (:class:`FrameFeatures`). Done at ingest time.
+* :meth:`Vlm3rPipeline.answer` — the chosen frames' tokens + a question -> prompt (qwen_1_5
+  template, the benchmark's formats) -> greedy decoding -> :class:`Vlm3rAnswer`.
+
+:meth:`Vlm3rPipeline.answer_video` reproduces the official evaluation on a whole video:
+uniform sampling of 32 frames (``np.linspace``), one fresh CUT3R stream over them in order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vlm3r_ros.engine.cut3r_stream import Cut3rStream
+from vlm3r_ros.models.cut3r import Cut3rModel
+from vlm3r_ros.models.cut3r.processing import preprocess_siglip, siglip_to_cut3r
+from vlm3r_ros.models.vlm.answers import ParsedAnswer, parse_answer
+from vlm3r_ros.models.vlm.modeling_vlm3r import Vlm3rInputError, Vlm3rModel
+from vlm3r_ros.models.vlm.prompting import build_prompt, tokenize_with_image
+
+EVAL_NUM_FRAMES = 32  # lmms-eval max_frames_num for VSI-Bench / VSTI-Bench
+EVAL_MAX_NEW_TOKENS = 16  # the task YAMLs
+IM_END = "<|im_end|>"
+
+
+@dataclass
+class FrameFeatures:
+    """What a frame leaves behind for later questions (the per-frame half)."""
+
+    visual_tokens: torch.Tensor  # (g*g, H) pooled LLM-space tokens, e.g. (196, 3584)
+    camera_token: torch.Tensor  # (1, Dc) CUT3R z'_t
+    c2w: torch.Tensor | None = None  # (4, 4) camera-to-world, when heads were run
+    ingest_seconds: float = 0.0
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.visual_tokens, self.camera_token)
+                   if t is not None)
+
+
+@dataclass
+class Vlm3rAnswer:
+    text: str  # the decoded answer, special tokens removed, stripped
+    parsed: ParsedAnswer
+    frames_used: int
+    prompt_tokens: int
+    visual_tokens: int
+    new_tokens: int
+    latency_s: float
+    prompt: str = field(repr=False, default="")
+
+
+def uniform_frame_indices(total: int, num: int = EVAL_NUM_FRAMES) -> list[int]:
+    """The official sampling: ``np.linspace(0, total-1, min(total, num), dtype=int)``."""
+    if total <= 0:
+        return []
+    return np.linspace(0, total - 1, min(total, num), dtype=int).tolist()
+
+
+class Vlm3rPipeline:
+    def __init__(self, vlm: Vlm3rModel, cut3r: Cut3rModel, tokenizer, *, with_geometry: bool = False):
+        if cut3r.config.dec_embed_dim != vlm.config.spatial_dim:
+            raise ValueError(f"CUT3R tokens are {cut3r.config.dec_embed_dim} wide but the VLM fusion block "
+                             f"expects {vlm.config.spatial_dim}: mismatched checkpoints")
+        self.vlm = vlm
+        self.cut3r = cut3r
+        self.tokenizer = tokenizer
+        self.with_geometry = with_geometry
+        self.stop_ids = tuple(i for i in (_token_id(tokenizer, IM_END), _token_id(tokenizer, "<|endoftext|>"))
+                              if i is not None)
+
+    def new_stream(self) -> Cut3rStream:
+        return Cut3rStream(self.cut3r, preprocessing="vlm3r")
+
+    # ------------------------------------------------------------ per frame
+    @torch.inference_mode()
+    def ingest(self, image, stream: Cut3rStream) -> FrameFeatures:
+        """One RGB uint8 (H, W, 3) frame -> its visual tokens; advances ``stream``'s CUT3R state."""
+        start = time.perf_counter()
+        siglip = preprocess_siglip(image)  # (3, 384, 384), validates the image
+        step = stream.step(siglip_to_cut3r(siglip), with_heads=self.with_geometry)
+        pooled = self.vlm.frame_features(siglip[None], step.camera_token[None], step.patch_tokens[None])[0]
+        c2w = step.heads.camera_c2w[0] if step.heads is not None else None
+        return FrameFeatures(pooled, step.camera_token, c2w, time.perf_counter() - start)
+
+    # ---------------------------------------------------------- per question
+    @torch.inference_mode()
+    def answer(self, frames: list[FrameFeatures] | torch.Tensor, question: str, options: list[str] | None = None,
+               *, answer_type: str = "auto", max_new_tokens: int = EVAL_MAX_NEW_TOKENS) -> Vlm3rAnswer:
+        """Answer ``question`` about the frames (in time order)."""
+        start = time.perf_counter()
+        if isinstance(frames, torch.Tensor):
+            pooled = frames
+        else:
+            if not frames:
+                raise Vlm3rInputError("no frames to answer about")
+            pooled = torch.stack([f.visual_tokens for f in frames])
+        if max_new_tokens < 1:
+            raise Vlm3rInputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        prompt = build_prompt(question, options)
+        ids = tokenize_with_image(prompt, self.tokenizer)
+        gen = self.vlm.generate(ids, pooled, max_new_tokens=max_new_tokens, stop_token_ids=self.stop_ids)
+        text = _decode(self.tokenizer, gen.token_ids).strip()
+        parsed = parse_answer(text, options, answer_type)
+        return Vlm3rAnswer(text=text, parsed=parsed, frames_used=pooled.shape[0], prompt_tokens=gen.prompt_tokens,
+                           visual_tokens=gen.visual_tokens, new_tokens=len(gen.token_ids),
+                           latency_s=time.perf_counter() - start, prompt=prompt)
+
+    def answer_video(self, images: list, question: str, options: list[str] | None = None, *,
+                     num_frames: int = EVAL_NUM_FRAMES, progress=None, **kwargs) -> Vlm3rAnswer:
+        """Official evaluation path: uniform sampling, one fresh CUT3R stream over the sampled frames."""
+        indices = uniform_frame_indices(len(images), num_frames)
+        if not indices:
+            raise Vlm3rInputError("the video has no frames")
+        stream = self.new_stream()
+        features = []
+        for i in indices:
+            features.append(self.ingest(images[i], stream))
+            if progress is not None:
+                progress(len(features), len(indices))
+        return self.answer(features, question, options, **kwargs)
+
+
+def _token_id(tokenizer, token: str) -> int | None:
+    for attr in ("token_to_id", "convert_tokens_to_ids"):
+        fn = getattr(tokenizer, attr, None)
+        if fn is not None:
+            value = fn(token)
+            return value if isinstance(value, int) and value >= 0 else None
+    return None
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    try:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+    except TypeError:
+        return tokenizer.decode(ids)
