@@ -1,0 +1,485 @@
+"""Ask VLM-3R a question about a video or a folder of images, offline.
+
+    vlm3r-ask --base LLaVA-Video-7B-Qwen2/ --adapter vlm-3r-llava-qwen2-lora/ \\
+              --cut3r cut3r_512_dpt_4_64.pth --video room.mp4 \\
+              --question "How many chairs are in this room?"
+    vlm3r-ask ... --frames FOLDER --question "Which is closer to the bed?" --options "A. sofa" "B. desk"
+    vlm3r-ask --tiny-random --frames FOLDER --question "..."   # pipeline test: meaningless answers
+
+What it does is the official VSI-Bench evaluation path (shared/reference/vlm3r/README.md, sections 2-3):
+
+  1. Sampling: ``--num-frames`` (32) frames at ``np.linspace(0, total-1, min(total, 32), dtype=int)``.
+     An image folder (png/jpg/jpeg/bmp, sorted by name, numbers compared numerically) is
+     counted by its files and only the sampled images are read. A video is counted first
+     (ffmpeg decodes it once without handing frames over), then streamed once more; only
+     the sampled frames are kept, and each goes through the model as soon as it arrives, so a
+     long video never sits in memory. A video codec must decode every frame to reach the
+     sampled ones, so both passes cost a full decode.
+  2. Per sampled frame, in order: SigLIP on the 384x384 frame, one CUT3R step on the same
+     pixels resized to 432x432 (one stream: CUT3R's state carries from frame to frame),
+     fusion, projector, 2x2 pooling.
+  3. The question in the benchmark's prompt (options make it multiple choice), greedy
+     decoding of at most ``--max-new-tokens`` (16) tokens, stopping at ``<|im_end|>``.
+
+The answer, what was read from it (option letter, or number and unit), token counts and
+timings are printed; ``--json`` prints them as one JSON object instead. A progress bar on
+stderr counts the frames ingested, then shows "generating".
+
+Weights: ``--base`` is the local folder of the LLaVA-Video-Qwen2 base model (its tokenizer
+is read from there too), ``--adapter`` the local folder of the VLM-3R LoRA adapter
+(Journey9ni/vlm-3r-llava-qwen2-lora), ``--cut3r`` the CUT3R checkpoint
+(cut3r_512_dpt_4_64.pth, or a .safetensors written by vlm3r-convert-cut3r). Nothing is
+downloaded. ``--tiny-random`` uses tiny random models and the real Qwen2 tokenizer (built
+offline) instead, to test the pipeline: its answers mean nothing.
+
+Exit status: 0 answered, 2 a user error (one line on stderr), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from vlm3r_ros.tools.run_cut3r import (DTYPES, Frame, FrameSource, ToolError, _one_line, _read_image, load_model,
+                                       parse_device)
+
+PROG = "vlm3r-ask"
+ANSWER_TYPES = ("auto", "choice", "number", "text")  # as vlm3r_ros.models.vlm.answers.ANSWER_TYPES
+DEFAULT_NUM_FRAMES = 32  # lmms-eval max_frames_num (Vlm3rPipeline's EVAL_NUM_FRAMES)
+DEFAULT_MAX_NEW_TOKENS = 16  # the task YAMLs (EVAL_MAX_NEW_TOKENS)
+TINY_RANDOM_NOTE = ("tiny random weights (CUT3R and VLM) with the real Qwen2 tokenizer: the answer is "
+                    "MEANINGLESS; this only tests the pipeline")
+WEIGHTS_HELP = ("--base is the local LLaVA-Video-7B-Qwen2 folder, --adapter the local VLM-3R LoRA folder "
+                "(Journey9ni/vlm-3r-llava-qwen2-lora), --cut3r the local cut3r_512_dpt_4_64.pth; nothing is "
+                "downloaded. Use --tiny-random to test the pipeline without weights")
+
+
+# ---------------------------------------------------------------------- input
+@dataclass
+class SampledInput:
+    """The input, its frame count and the frames chosen by uniform sampling."""
+
+    source: FrameSource
+    kind: str  # "video" or "images"
+    total: int  # frames in the source
+    indices: list[int]  # sampled source indices, increasing
+    count_seconds: float = 0.0  # time spent counting the frames of a video
+
+
+def count_video_frames(path: Path) -> int | None:
+    """Frames of a video, counted by ffmpeg decoding it without output; None if ffmpeg cannot count.
+
+    Raises ToolError when the file has no video stream (an audio file, or a video with no frames).
+    """
+    import imageio_ffmpeg
+
+    try:
+        frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+    except RuntimeError as exc:
+        text = str(exc)
+        if "matches no streams" in text or "does not contain any stream" in text:
+            raise ToolError(f"video {path} has no frames (no video stream in the file)") from None
+        return None  # let the reader say what is wrong with the file
+    return frames
+
+
+def open_input(video: Path | None, frames: Path | None, num_frames: int) -> SampledInput:
+    """Check the input path, count its frames and choose the sampled ones (before any model loads)."""
+    from vlm3r_ros.engine.vlm3r_pipeline import uniform_frame_indices
+
+    if video is not None:
+        if not video.exists():
+            raise ToolError(f"video not found: {video}")
+        if video.is_dir():
+            raise ToolError(f"--video {video} is a folder; pass a folder of images with --frames")
+        start = time.perf_counter()
+        counted = count_video_frames(video)
+        source = FrameSource(video)  # raises ToolError when ffmpeg cannot read it
+        if not source.is_video:
+            source.close()
+            raise ToolError(f"--video {video} is an image; use --frames with a folder of images")
+        total = counted if counted is not None else source.total
+        if total is None:
+            source.close()
+            raise ToolError(f"cannot count the frames of video {video} (ffmpeg reports neither a frame count "
+                            f"nor a duration); convert it, e.g. to mp4, or extract its frames into a folder")
+        if total == 0:
+            source.close()
+            raise ToolError(f"video {video} has no frames")
+        return SampledInput(source, "video", total, uniform_frame_indices(total, num_frames),
+                            time.perf_counter() - start)
+    if not frames.exists():
+        raise ToolError(f"frames folder not found: {frames}")
+    if not frames.is_dir():
+        raise ToolError(f"--frames {frames} is not a folder; pass a video file with --video")
+    source = FrameSource(frames)  # raises ToolError for a folder without images
+    return SampledInput(source, "images", source.total, uniform_frame_indices(source.total, num_frames))
+
+
+class SampledFrames:
+    """Iterates over the sampled frames of a :class:`SampledInput`, reading nothing else into memory.
+
+    ``frames_seen`` is how many frames of a video went by (to notice a video that ends
+    before the frame count said it would).
+    """
+
+    def __init__(self, sampled: SampledInput):
+        self.sampled = sampled
+        self.frames_seen = 0
+
+    def __iter__(self) -> Iterator[Frame]:
+        src, indices = self.sampled.source, self.sampled.indices
+        if not src.is_video:
+            for i in indices:
+                image, error = _read_image(src.files[i])
+                yield Frame(i, src.files[i].name, image, error)
+            return
+        wanted, last = set(indices), indices[-1]
+        try:
+            for frame in src.frames():
+                self.frames_seen = frame.index + 1
+                if frame.index in wanted:
+                    yield frame
+                if frame.index >= last:
+                    break
+        finally:
+            src.close()  # stops ffmpeg, also when the rest of the video is not needed
+
+
+# ----------------------------------------------------------------------- models
+@dataclass
+class LoadedModels:
+    pipeline: object  # Vlm3rPipeline
+    label: str
+    seconds: float
+    report: object = None  # what load_vlm3r reported, when it ran
+
+
+def load_models(args, device: torch.device, dtype: torch.dtype) -> LoadedModels:
+    """The tokenizer, VLM-3R and CUT3R, as a :class:`Vlm3rPipeline`."""
+    from vlm3r_ros.engine.vlm3r_pipeline import Vlm3rPipeline
+
+    start = time.perf_counter()
+    report = None
+    if args.tiny_random:
+        from vlm3r_ros.models.vlm.tiny import TINY_VLM3R, random_vlm3r
+        from vlm3r_ros.models.vlm.tokenizer import build_qwen2_tokenizer
+
+        tokenizer = _tokenizer_call(build_qwen2_tokenizer)
+        vlm = random_vlm3r(TINY_VLM3R, seed=args.seed).to(device=device, dtype=dtype)
+        cut3r = load_model(None, tiny_random=True, device=device, dtype=dtype, seed=args.seed)
+        label = f"tiny-random (seed {args.seed})"
+    else:
+        from vlm3r_ros.engine import checkpoint as cut3r_checkpoint
+        from vlm3r_ros.models.vlm.tokenizer import load_tokenizer
+
+        try:
+            from vlm3r_ros.engine import vlm_checkpoint
+        except ImportError as exc:
+            raise ToolError(f"loading a VLM-3R checkpoint needs vlm3r_ros.engine.vlm_checkpoint, which cannot be "
+                            f"imported ({exc}); only --tiny-random works in this installation") from None
+        tokenizer = _tokenizer_call(load_tokenizer, args.base)
+        errors = tuple({cut3r_checkpoint.CheckpointError, vlm_checkpoint.CheckpointError})
+        try:
+            vlm, report = vlm_checkpoint.load_vlm3r(args.base, args.adapter, device=device, dtype=dtype,
+                                                    tokenizer_size=tokenizer.get_vocab_size(with_added_tokens=True))
+        except errors as exc:
+            raise ToolError(_one_line(str(exc))) from None
+        except torch.OutOfMemoryError:
+            raise ToolError(f"out of memory loading VLM-3R to {device} as {str(dtype).replace('torch.', '')}; "
+                            f"try --dtype float16/bfloat16 or another device") from None
+        cut3r = load_model(args.cut3r, device=device, dtype=dtype)  # ToolError on checkpoint errors
+        label = f"base {args.base}, adapter {args.adapter}, CUT3R {args.cut3r}"
+    try:
+        pipeline = Vlm3rPipeline(vlm, cut3r, tokenizer)
+    except ValueError as exc:  # mismatched CUT3R / VLM widths
+        raise ToolError(_one_line(str(exc))) from None
+    return LoadedModels(pipeline, label, time.perf_counter() - start, report)
+
+
+def _tokenizer_call(fn, *args):
+    from vlm3r_ros.models.vlm.tokenizer import TokenizerError
+
+    try:
+        return fn(*args)
+    except TokenizerError as exc:
+        raise ToolError(_one_line(str(exc))) from None
+
+
+def visual_token_count(config, num_frames: int) -> int:
+    """Visual tokens ``num_frames`` pooled frames put into the prompt (210 per frame for bilinear + grid)."""
+    return num_frames * config.tokens_per_frame + (1 if config.newline_mode == "one_token" else 0)
+
+
+def check_context(config, frames: int, text_tokens: int, max_new_tokens: int) -> None:
+    """ToolError when the prompt plus the answer would not fit the model's context (before any frame is ingested)."""
+    visual = visual_token_count(config, frames)
+    need = text_tokens + visual + max_new_tokens
+    if need > config.max_context_tokens:
+        fit = (config.max_context_tokens - text_tokens - max_new_tokens) // config.tokens_per_frame
+        raise ToolError(f"{frames} frames x {config.tokens_per_frame} visual tokens + {text_tokens} text tokens + "
+                        f"{max_new_tokens} new tokens = {need} exceed the model's {config.max_context_tokens}-token "
+                        f"context; use --num-frames {max(fit, 0)} or fewer")
+
+
+# ---------------------------------------------------------------------- running
+@dataclass
+class AskResult:
+    answer: object  # Vlm3rAnswer
+    sampled: SampledInput
+    frame_indices: list[int]  # source indices of the frames actually used
+    skipped: list[str] = field(default_factory=list)
+    ingest_seconds: list[float] = field(default_factory=list)
+    read_seconds: float = 0.0  # reading / decoding the sampled frames (plus counting a video)
+    text_tokens: int = 0
+
+
+def ingest(pipeline, sampled: SampledInput, bar) -> tuple[list, list[int], list[str], float, int]:
+    """One CUT3R stream over the sampled frames -> (features, used indices, skipped names, read s, frames seen)."""
+    from vlm3r_ros.models.cut3r import Cut3rInputError
+    from vlm3r_ros.models.cut3r.processing import ImageFormatError
+
+    stream = pipeline.new_stream()
+    features, used, skipped, read_seconds = [], [], [], 0.0
+    reader = SampledFrames(sampled)
+    tick = time.perf_counter()
+    for frame in reader:
+        read_seconds += time.perf_counter() - tick
+        if frame.image is None:
+            skipped.append(frame.name)
+            bar.write(f"warning: skipping unreadable {frame.name}: {frame.error}", file=sys.stderr)
+        else:
+            try:
+                features.append(pipeline.ingest(frame.image, stream))
+                used.append(frame.index)
+            except (ImageFormatError, Cut3rInputError) as exc:
+                skipped.append(frame.name)
+                bar.write(f"warning: skipping {frame.name}: {_one_line(str(exc))}", file=sys.stderr)
+        bar.update(1)
+        tick = time.perf_counter()
+    return features, used, skipped, read_seconds, reader.frames_seen
+
+
+def ask(args, loaded: LoadedModels, sampled: SampledInput, options: list[str] | None) -> AskResult:
+    """Ingest the sampled frames, then answer (the steps of the module docstring)."""
+    from tqdm import tqdm
+
+    from vlm3r_ros.engine.vlm3r_pipeline import uniform_frame_indices
+    from vlm3r_ros.models.vlm.modeling_vlm3r import Vlm3rInputError
+    from vlm3r_ros.models.vlm.prompting import PromptError, build_prompt, tokenize_with_image
+
+    pipeline = loaded.pipeline
+    try:
+        text_ids = tokenize_with_image(build_prompt(args.question, options), pipeline.tokenizer)
+    except PromptError as exc:
+        raise ToolError(_one_line(str(exc))) from None
+    text_tokens = sum(1 for i in text_ids if i >= 0)
+    check_context(pipeline.vlm.config, len(sampled.indices), text_tokens, args.max_new_tokens)
+
+    bar = tqdm(total=len(sampled.indices), unit="frame", desc="ingest", file=sys.stderr,
+               disable=not args.progress)
+    try:
+        features, used, skipped, read_seconds, seen = ingest(pipeline, sampled, bar)
+        if sampled.kind == "video" and seen < sampled.indices[-1] + 1:
+            # The video ended before the counted length: sample again over the frames it really has.
+            bar.write(f"warning: video {sampled.source.path} ended after {seen} of the {sampled.total} frames "
+                      f"counted; sampling again over {seen} frames", file=sys.stderr)
+            if seen == 0:
+                raise ToolError(f"no frame of video {sampled.source.path} could be decoded")
+            sampled.source = FrameSource(sampled.source.path)
+            sampled.total, sampled.indices = seen, uniform_frame_indices(seen, args.num_frames)
+            bar.reset(total=len(sampled.indices))
+            features, used, skipped, more_seconds, _ = ingest(pipeline, sampled, bar)
+            read_seconds += more_seconds
+        if not features:
+            raise ToolError(f"no sampled frame of {sampled.source.path} could be read ({len(skipped)} skipped)")
+        bar.set_description("generating")
+        bar.refresh()
+        try:
+            answer = pipeline.answer(features, args.question, options, answer_type=args.answer_type,
+                                     max_new_tokens=args.max_new_tokens)
+        except (Vlm3rInputError, PromptError) as exc:
+            raise ToolError(_one_line(str(exc))) from None
+    finally:
+        bar.close()
+        sampled.source.close()
+    return AskResult(answer, sampled, used, skipped, [f.ingest_seconds for f in features],
+                     read_seconds + sampled.count_seconds, text_tokens)
+
+
+# ---------------------------------------------------------------------- output
+def result_dict(args, loaded: LoadedModels, result: AskResult, device, dtype_name: str) -> dict:
+    a, s = result.answer, result.sampled
+    parsed = asdict(a.parsed)
+    if isinstance(parsed.get("value"), float) and math.isnan(parsed["value"]):
+        parsed["value"] = None  # JSON has no NaN
+    cfg = loaded.pipeline.vlm.config
+    times = result.ingest_seconds
+    return {
+        "answer": a.text,
+        "parsed": parsed,
+        "question": args.question,
+        "options": args.options,
+        "answer_type": args.answer_type,
+        "meaningless": bool(args.tiny_random),
+        "note": TINY_RANDOM_NOTE if args.tiny_random else "",
+        "input": str(s.source.path),
+        "input_kind": s.kind,
+        "total_frames": s.total,
+        "frames_used": a.frames_used,
+        "frame_indices": result.frame_indices,
+        "skipped": result.skipped,
+        "prompt_tokens": a.prompt_tokens,
+        "text_tokens": a.prompt_tokens - a.visual_tokens,
+        "visual_tokens": a.visual_tokens,
+        "visual_tokens_per_frame": cfg.tokens_per_frame,
+        "new_tokens": a.new_tokens,
+        "max_context_tokens": cfg.max_context_tokens,
+        "timings": {
+            "load_s": loaded.seconds,
+            "read_s": result.read_seconds,
+            "ingest_per_frame_median_s": statistics.median(times),
+            "ingest_per_frame_mean_s": statistics.fmean(times),
+            "ingest_total_s": sum(times),
+            "query_s": a.latency_s,
+        },
+        "models": loaded.label,
+        "device": str(device),
+        "dtype": dtype_name,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def print_plain(doc: dict) -> None:
+    p = doc["parsed"]
+    t = doc["timings"]
+    if doc["meaningless"]:
+        print(f"NOTE: {doc['note']}")
+    print(f"question: {doc['question']}")
+    for option in doc["options"] or ():
+        print(f"  {option}")
+    print(f"answer: {doc['answer'] if doc['answer'].isprintable() else repr(doc['answer'])}")
+    value = "none" if p["value"] is None else f"{p['value']:g}"
+    print(f"parsed ({doc['answer_type']}): choice={p['choice'] or 'none'} value={value} unit={p['unit'] or 'none'}")
+    print(f"frames: {doc['frames_used']} of {doc['total_frames']} ({doc['input_kind']} {doc['input']}), "
+          f"{len(doc['skipped'])} skipped")
+    print(f"tokens: prompt {doc['prompt_tokens']} = text {doc['text_tokens']} + visual {doc['visual_tokens']} "
+          f"({doc['visual_tokens_per_frame']} per frame); generated {doc['new_tokens']}; "
+          f"context {doc['max_context_tokens']}")
+    print(f"timings: load {t['load_s']:.2f} s; read {t['read_s']:.2f} s; ingest {t['ingest_per_frame_median_s']:.3f} "
+          f"s/frame median ({t['ingest_total_s']:.2f} s total); query {t['query_s']:.2f} s "
+          f"(prompt, prefill, decode); {doc['device']} {doc['dtype']}, {doc['threads']} threads")
+    if doc["meaningless"]:
+        print(f"NOTE: {doc['note']}")
+
+
+# ------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--video", type=Path, help="video file (mp4, mov, mkv, avi, ...; read with imageio-ffmpeg)")
+    source.add_argument("--frames", type=Path, help="folder of images (png/jpg/jpeg/bmp), in name order")
+    parser.add_argument("--question", "-q", help="the question (required)")
+    parser.add_argument("--options", nargs="+", metavar="OPTION",
+                        help='answer options, e.g. "A. sofa" "B. desk" (labelled A., B., ... if given without)')
+    parser.add_argument("--answer-type", choices=ANSWER_TYPES, default="auto",
+                        help="what to read from the reply: auto (a letter with options, else a number), "
+                             "choice, number or text (option text); default auto")
+    parser.add_argument("--base", type=Path, help="local folder of the base model (LLaVA-Video-7B-Qwen2)")
+    parser.add_argument("--adapter", type=Path, help="local folder of the VLM-3R LoRA adapter")
+    parser.add_argument("--cut3r", type=Path, help="CUT3R checkpoint (cut3r_512_dpt_4_64.pth or .safetensors)")
+    parser.add_argument("--tiny-random", action="store_true",
+                        help="tiny random models + the real Qwen2 tokenizer, instead of --base/--adapter/--cut3r "
+                             "(tests the pipeline; the answer is meaningless)")
+    parser.add_argument("--num-frames", type=int, default=DEFAULT_NUM_FRAMES,
+                        help=f"frames sampled uniformly (default {DEFAULT_NUM_FRAMES}, as the official evaluation)")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                        help=f"longest answer in tokens (default {DEFAULT_MAX_NEW_TOKENS}, as the official evaluation)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES),
+                        help="default float16 on CUDA (as the official evaluation), float32 on CPU")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --tiny-random weights (default 0)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return parser
+
+
+def check_args(args) -> list[str] | None:
+    """User errors that need no file and no model; returns the options (None for an open question)."""
+    from vlm3r_ros.models.vlm.prompting import PromptError, build_prompt
+
+    for name in ("num_frames", "max_new_tokens", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ToolError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.question is None or not args.question.strip():
+        if args.options:
+            raise ToolError("--options given without a question; add --question TEXT")
+        raise ToolError("the question is empty; give --question TEXT" if args.question is not None
+                        else "--question TEXT is required")
+    if args.answer_type == "choice" and not args.options:
+        raise ToolError("--answer-type choice needs --options")
+    try:
+        build_prompt(args.question, args.options)  # the remaining question / option checks
+    except PromptError as exc:
+        raise ToolError(_one_line(str(exc))) from None
+    given = [f"--{name}" for name in ("base", "adapter", "cut3r") if getattr(args, name) is not None]
+    if args.tiny_random:
+        if given:
+            raise ToolError(f"--tiny-random replaces --base, --adapter and --cut3r; drop {', '.join(given)}")
+    else:
+        missing = [f"--{name}" for name in ("base", "adapter", "cut3r") if getattr(args, name) is None]
+        if missing:
+            raise ToolError(f"missing {', '.join(missing)}: {WEIGHTS_HELP}")
+        for name, kind in (("base", "folder"), ("adapter", "folder"), ("cut3r", "file")):
+            path = getattr(args, name)
+            if not path.exists():
+                raise ToolError(f"--{name} not found: {path}; {WEIGHTS_HELP}")
+            if (kind == "folder") != path.is_dir():
+                raise ToolError(f"--{name} {path} must be a {kind}")
+    return args.options
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sampled = None
+    try:
+        options = check_args(args)
+        device = parse_device(args.device)
+        dtype_name = args.dtype or ("float16" if device.type == "cuda" else "float32")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        sampled = open_input(args.video, args.frames, args.num_frames)  # input errors before the slow load
+        if args.tiny_random:
+            print(f"WARNING: --tiny-random: {TINY_RANDOM_NOTE}", file=sys.stderr)
+        loaded = load_models(args, device, DTYPES[dtype_name])
+        result = ask(args, loaded, sampled, options)
+    except ToolError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if sampled is not None:
+            sampled.source.close()
+    doc = result_dict(args, loaded, result, device, dtype_name)
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        print_plain(doc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
