@@ -15,6 +15,7 @@ CONSOLE_SCRIPTS = {
     'vlm3r-parity': 'vlm3r_ros.tools.parity:main',
     'vlm3r-convert-cut3r': 'vlm3r_ros.tools.convert_cut3r:main',
     'vlm3r-ask': 'vlm3r_ros.tools.ask:main',
+    'vlm3r-play': 'vlm3r_ros.tools.play:main',
 }
 
 setup(

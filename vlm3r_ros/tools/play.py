@@ -1,0 +1,464 @@
+"""``vlm3r-play``: publish a video file, an image folder or generated frames as sensor_msgs/Image.
+
+    vlm3r-play --input VIDEO_OR_FOLDER [--rate HZ] [--loop] [--topic image_raw]
+    vlm3r-play --generated 60 --rate 10 --loop --camera-info
+
+A ``ros2 bag play`` for plain footage, so anyone can feed ``vlm3r-node`` (or any image
+consumer) without a camera or a ROS installation.
+
+Input (one of):
+  --input PATH      a video file (mp4, mov, mkv, avi, ...; decoded by imageio-ffmpeg), a folder
+                    of images (png/jpg/jpeg/bmp, sorted by name with numbers compared
+                    numerically; unreadable files are skipped with a warning) or one image.
+  --generated N     N frames of the synthetic room of ``vlm3r_ros.tools.sample_data``, rendered
+                    in memory at --size (nothing is downloaded or written).
+
+Output: ``sensor_msgs/Image`` on --topic (default ``image_raw``), encoding rgb8 by default
+(--encoding bgr8/rgba8/bgra8/mono8 to exercise a consumer), ``header.frame_id`` =
+--frame-id (default ``camera_optical_frame``: REP 103 optical axes, z forward, x right,
+y down). Stamps: ``now`` (default; the ROS clock when the frame is published) or
+``source`` (the frame's time in the source, index / fps; with --loop each pass adds the
+source's duration, so stamps never go backwards).
+
+Rate: --rate Hz (default: the source's frame rate; 30 for folders and generated frames
+unless a sequence.json written by sample_data says otherwise). Frames are published on a
+fixed schedule; a frame that is more than one period late (slow decoding) restarts the
+schedule instead of bursting, and is counted as late.
+
+QoS: --qos sensor (default: best effort, keep last --depth, what camera drivers and
+``vlm3r-node`` use) or reliable. The Fast DDS large-data transport setting that
+``vlm3r-node`` ships is applied here too (see ``vlm3r_ros.transport``), because with the
+default transports best-effort frames of this size are mostly lost.
+
+--camera-info also publishes ``sensor_msgs/CameraInfo`` on the ``camera_info`` topic next to
+the image topic (``image_raw`` -> ``camera_info``, ``/cam/image_raw`` -> ``/cam/camera_info``),
+with the same header. For generated frames and for folders written by sample_data the
+intrinsics are exact. Otherwise they are a GUESS: a pinhole camera with a horizontal field
+of view of --hfov degrees (default 60), square pixels, principal point at the image centre,
+no distortion. Use a real calibration for anything metric.
+
+--wait-for-subscribers N waits (at most --wait-timeout s) until N subscribers have matched
+before the first frame, so that a consumer started at the same time sees every frame.
+Ctrl-C (or SIGTERM) stops cleanly; a summary is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+DEFAULT_TOPIC = "image_raw"
+DEFAULT_FRAME_ID = "camera_optical_frame"
+DEFAULT_HFOV_DEG = 60.0
+DEFAULT_GENERATED_SIZE = (640, 480)
+ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
+CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+
+
+class PlayError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class NoSubscribers(PlayError):
+    """--wait-for-subscribers timed out: exit status 3."""
+
+
+# ---------------------------------------------------------------------- frames
+@dataclass
+class SourceFrame:
+    index: int  # index in the source
+    name: str  # file name, "frame N" or "generated N"
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+
+
+class FrameFeed:
+    """The frames of one source, iterable any number of times (one pass per iteration)."""
+
+    def __init__(self, *, input_path: Path | None = None, generated: int = 0,
+                 size: tuple[int, int] = DEFAULT_GENERATED_SIZE, seed: int = 0, fps: float | None = None):
+        from vlm3r_ros.tools import run_cut3r, sample_data
+
+        self.input_path = input_path
+        self.skipped: list[str] = []
+        self.exact_intrinsics: tuple[float, float, float, float] | None = None  # (fx, fy, cx, cy)
+        if input_path is None:
+            if generated < 1:
+                raise PlayError(f"--generated must be >= 1, got {generated}")
+            try:
+                self._frames = sample_data.generate_sequence(generated, size, seed)
+            except ValueError as exc:
+                raise PlayError(str(exc)) from None
+            self.fps = fps or 30.0
+            self.total: int | None = generated
+            self.exact_intrinsics = sample_data.intrinsics(size)
+            self.description = f"{generated} generated frames ({size[0]}x{size[1]}, sample_data seed {seed})"
+            return
+        self._frames = None
+        try:
+            source = run_cut3r.FrameSource(input_path, fps)
+        except run_cut3r.ToolError as exc:
+            raise PlayError(str(exc)) from None
+        source.close()  # opened again for each pass
+        self.fps = source.fps
+        self.total = source.total
+        self.is_video = source.is_video
+        if not source.is_video and input_path.is_dir():
+            doc = _read_sequence_json(input_path)
+            if doc is not None:
+                if fps is None and doc.get("fps"):
+                    self.fps = float(doc["fps"])
+                k = doc.get("intrinsics") or {}
+                if all(isinstance(k.get(n), (int, float)) for n in ("fx", "fy", "cx", "cy")):
+                    self.exact_intrinsics = (k["fx"], k["fy"], k["cx"], k["cy"])
+                    self._intrinsics_size = tuple(doc.get("size") or ())
+        kind = "video" if source.is_video else ("folder" if input_path.is_dir() else "image")
+        count = f"{self.total} frames" if self.total is not None else "frames"
+        self.description = f"{kind} {input_path} ({count}, {self.fps:g} fps)"
+
+    def intrinsics_for(self, width: int, height: int) -> tuple[float, float, float, float] | None:
+        """The exact intrinsics when known for an image of this size, else None."""
+        if self.exact_intrinsics is None:
+            return None
+        size = getattr(self, "_intrinsics_size", None)
+        if size and tuple(size) != (width, height):
+            return None
+        return self.exact_intrinsics
+
+    def __iter__(self) -> Iterator[SourceFrame]:
+        if self._frames is not None:
+            for i, image in enumerate(self._frames):
+                yield SourceFrame(i, f"generated {i}", image)
+            return
+        from vlm3r_ros.tools import run_cut3r
+
+        try:
+            source = run_cut3r.FrameSource(self.input_path, self.fps)
+        except run_cut3r.ToolError as exc:
+            raise PlayError(str(exc)) from None
+        try:
+            for frame in source.frames():
+                if frame.image is None:
+                    if frame.name not in self.skipped:
+                        self.skipped.append(frame.name)
+                        print(f"warning: skipped {frame.name}: {frame.error}", file=sys.stderr)
+                    continue
+                yield SourceFrame(frame.index, frame.name, frame.image)
+        except run_cut3r.ToolError as exc:
+            raise PlayError(str(exc)) from None
+        finally:
+            source.close()
+
+
+def _read_sequence_json(folder: Path) -> dict | None:
+    from vlm3r_ros.tools import sample_data
+
+    try:
+        doc = json.loads((folder / sample_data.SEQUENCE_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("generator") == "vlm3r_ros.tools.sample_data" else None
+
+
+# -------------------------------------------------------------------- messages
+def encode_pixels(rgb: np.ndarray, encoding: str) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> contiguous (H, W, C) in ``encoding``."""
+    if encoding == "rgb8":
+        return np.ascontiguousarray(rgb)
+    if encoding == "bgr8":
+        return np.ascontiguousarray(rgb[:, :, ::-1])
+    if encoding in ("rgba8", "bgra8"):
+        colour = rgb if encoding == "rgba8" else rgb[:, :, ::-1]
+        alpha = np.full(rgb.shape[:2] + (1,), 255, dtype=np.uint8)
+        return np.ascontiguousarray(np.concatenate([colour, alpha], axis=2))
+    if encoding == "mono8":  # ITU-R BT.601 luma
+        luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[:, :, None]
+    raise PlayError(f"unsupported encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
+
+
+def fill_image(msg, pixels: np.ndarray, encoding: str) -> None:
+    """Fill a sensor_msgs/Image (all but the header) from (H, W, C) uint8 pixels."""
+    height, width = pixels.shape[:2]
+    msg.height = int(height)
+    msg.width = int(width)
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(width * CHANNELS[encoding])
+    msg.data = array.array("B", pixels.tobytes())  # bytes -> array is a copy; a list would be slow
+
+
+def pinhole_guess(width: int, height: int, hfov_deg: float = DEFAULT_HFOV_DEG) -> tuple[float, float, float, float]:
+    """(fx, fy, cx, cy) of a GUESSED pinhole camera: ``hfov_deg`` horizontal field of view,
+    square pixels, principal point at the centre ((w - 1) / 2, (h - 1) / 2)."""
+    fx = 0.5 * width / math.tan(math.radians(hfov_deg) / 2)
+    return fx, fx, (width - 1) / 2, (height - 1) / 2
+
+
+def fill_camera_info(msg, width: int, height: int, intrinsics: tuple[float, float, float, float]) -> None:
+    """Fill a sensor_msgs/CameraInfo (all but the header): plumb_bob with zero distortion."""
+    fx, fy, cx, cy = (float(v) for v in intrinsics)
+    msg.width = int(width)
+    msg.height = int(height)
+    msg.distortion_model = "plumb_bob"
+    msg.d = [0.0, 0.0, 0.0, 0.0, 0.0]
+    msg.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """The image_transport convention: the ``camera_info`` sibling of the image topic."""
+    head, sep, _ = image_topic.rpartition("/")
+    return f"{head}{sep}camera_info"
+
+
+def stamp_from_seconds(seconds: float):
+    from builtin_interfaces.msg import Time
+
+    ns = int(round(seconds * 1e9))
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+# ---------------------------------------------------------------------- player
+@dataclass
+class PlayStats:
+    published: int = 0
+    passes: int = 0
+    late: int = 0
+    seconds: float = 0.0
+    waited_for_subscribers_s: float = 0.0
+    subscribers: int = 0
+    interrupted: bool = False  # stopped by Ctrl-C / SIGTERM
+
+    @property
+    def rate_hz(self) -> float:
+        return (self.published - 1) / self.seconds if self.published > 1 and self.seconds > 0 else math.nan
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlm3r-play", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", type=Path, metavar="PATH", help="video file, image folder or one image")
+    src.add_argument("--generated", type=int, metavar="N", help="N generated frames of the synthetic room")
+    parser.add_argument("--size", type=_parse_size, default=DEFAULT_GENERATED_SIZE, metavar="WxH",
+                        help="size of generated frames (default 640x480)")
+    parser.add_argument("--seed", type=int, default=0, help="texture seed of generated frames (default 0)")
+    parser.add_argument("--rate", type=float, default=None, metavar="HZ",
+                        help="frames per second to publish (default: the source's frame rate)")
+    parser.add_argument("--source-fps", type=float, default=None, metavar="FPS",
+                        help="frame rate of a folder of images (default 30, or its sequence.json); "
+                             "sets source stamps and the default --rate")
+    parser.add_argument("--loop", action="store_true", help="start again at the end")
+    parser.add_argument("--max-frames", type=int, default=0, metavar="N",
+                        help="stop after publishing N frames (0 = no limit; with --loop, runs until Ctrl-C)")
+    parser.add_argument("--topic", default=DEFAULT_TOPIC, help=f"image topic (default {DEFAULT_TOPIC})")
+    parser.add_argument("--frame-id", default=DEFAULT_FRAME_ID, help=f"header.frame_id (default {DEFAULT_FRAME_ID})")
+    parser.add_argument("--stamps", choices=("now", "source"), default="now",
+                        help="now: ROS clock at publication (default); source: index / fps in the source")
+    parser.add_argument("--encoding", choices=ENCODINGS, default="rgb8", help="image encoding (default rgb8)")
+    parser.add_argument("--qos", choices=("sensor", "reliable"), default="sensor",
+                        help="sensor: best effort (default, as camera drivers); reliable")
+    parser.add_argument("--depth", type=int, default=5, help="QoS history depth (default 5)")
+    parser.add_argument("--camera-info", action="store_true",
+                        help="also publish sensor_msgs/CameraInfo on the sibling camera_info topic")
+    parser.add_argument("--hfov", type=float, default=DEFAULT_HFOV_DEG, metavar="DEG",
+                        help="horizontal field of view of the GUESSED camera info (default 60)")
+    parser.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
+                        help="wait until N subscribers have matched before publishing (default 0)")
+    parser.add_argument("--wait-timeout", type=float, default=30.0, metavar="S",
+                        help="give up waiting for subscribers after S seconds (exit 3; default 30)")
+    parser.add_argument("--node-name", default="vlm3r_play", help="ROS node name (default vlm3r_play)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
+    return parser
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 640x480, got {text!r}") from None
+    return w, h
+
+
+def _check_args(args) -> None:
+    if args.rate is not None and not (math.isfinite(args.rate) and args.rate > 0):
+        raise PlayError(f"--rate must be a positive number of Hz, got {args.rate}")
+    if args.source_fps is not None and not (math.isfinite(args.source_fps) and args.source_fps > 0):
+        raise PlayError(f"--source-fps must be positive, got {args.source_fps}")
+    if args.max_frames < 0:
+        raise PlayError(f"--max-frames must be >= 0, got {args.max_frames}")
+    if args.depth < 1:
+        raise PlayError(f"--depth must be >= 1, got {args.depth}")
+    if not (0 < args.hfov < 180):
+        raise PlayError(f"--hfov must be in (0, 180) degrees, got {args.hfov}")
+    if args.wait_for_subscribers < 0 or not args.wait_timeout > 0:
+        raise PlayError("--wait-for-subscribers must be >= 0 and --wait-timeout > 0")
+    if not args.topic.strip() or not args.frame_id.strip():
+        raise PlayError("--topic and --frame-id must not be empty")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, frame):
+    raise _Stop()
+
+
+def play(args, feed: FrameFeed, out=sys.stdout) -> PlayStats:
+    """Publish ``feed`` as described by ``args`` (see build_parser). Returns the counts."""
+    apply_transport_setting()  # before the DDS participant exists
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image
+
+    if args.qos == "sensor":
+        qos = QoSProfile(depth=args.depth, reliability=ReliabilityPolicy.BEST_EFFORT,
+                         durability=qos_profile_sensor_data.durability, history=qos_profile_sensor_data.history)
+    else:
+        qos = QoSProfile(depth=args.depth, reliability=ReliabilityPolicy.RELIABLE)
+
+    rate = args.rate or feed.fps
+    period = 1.0 / rate
+    stats = PlayStats()
+    context = rclpy.Context()
+    rclpy.init(args=None, context=context)
+    node = None
+    try:
+        node = rclpy.create_node(args.node_name, context=context)
+        image_pub = node.create_publisher(Image, args.topic, qos)
+        info_pub = node.create_publisher(CameraInfo, camera_info_topic(args.topic), qos) if args.camera_info else None
+        log = (lambda text: None) if args.quiet else (lambda text: print(text, file=out, flush=True))
+        log(f"vlm3r-play: {feed.description} -> {image_pub.topic_name} ({args.encoding}, {args.qos} QoS, "
+            f"{rate:g} Hz{', loop' if args.loop else ''}, frame_id {args.frame_id}, stamps {args.stamps})")
+        if info_pub is not None:
+            log(f"vlm3r-play: camera info on {info_pub.topic_name}")
+
+        if args.wait_for_subscribers:
+            start = time.monotonic()
+            while image_pub.get_subscription_count() < args.wait_for_subscribers:
+                if time.monotonic() - start > args.wait_timeout:
+                    raise NoSubscribers(f"only {image_pub.get_subscription_count()} of "
+                                        f"{args.wait_for_subscribers} subscriber(s) on {image_pub.topic_name} after {args.wait_timeout:g} s")
+                time.sleep(0.05)
+            stats.waited_for_subscribers_s = time.monotonic() - start
+        stats.subscribers = image_pub.get_subscription_count()
+
+        try:
+            _publish_loop(args, feed, node, image_pub, info_pub, period, stats, log)
+        except (KeyboardInterrupt, _Stop):
+            stats.interrupted = True
+        return stats
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def _publish_loop(args, feed: FrameFeed, node, image_pub, info_pub, period: float, stats: PlayStats, log) -> None:
+    from sensor_msgs.msg import CameraInfo, Image
+
+    msg = Image()
+    msg.header.frame_id = args.frame_id
+    info = CameraInfo() if info_pub is not None else None
+    info_size = None
+    start = next_time = last_log = time.monotonic()
+    loop_offset_s = 0.0  # added to source stamps on each pass, so they keep increasing
+    while True:
+        last_source_t = -1.0
+        published_this_pass = 0
+        for frame in feed:
+            now = time.monotonic()
+            if now < next_time:
+                time.sleep(next_time - now)
+            elif now - next_time > period and stats.published:
+                stats.late += 1  # behind schedule (slow decoding): restart it rather than burst
+                next_time = now
+            next_time += period
+            fill_image(msg, encode_pixels(frame.image, args.encoding), args.encoding)
+            last_source_t = frame.index / feed.fps
+            if args.stamps == "source":
+                msg.header.stamp = stamp_from_seconds(loop_offset_s + last_source_t)
+            else:
+                msg.header.stamp = node.get_clock().now().to_msg()
+            if info is not None:
+                if info_size != (msg.width, msg.height):
+                    info_size = (msg.width, msg.height)
+                    intrinsics = feed.intrinsics_for(msg.width, msg.height)
+                    if intrinsics is None:
+                        intrinsics = pinhole_guess(msg.width, msg.height, args.hfov)
+                        log(f"vlm3r-play: camera info for {msg.width}x{msg.height} is a GUESS "
+                            f"(pinhole, {args.hfov:g} deg horizontal FOV, centred, no distortion)")
+                    fill_camera_info(info, msg.width, msg.height, intrinsics)
+                info.header = msg.header
+                info_pub.publish(info)
+            image_pub.publish(msg)
+            stats.published += 1
+            published_this_pass += 1
+            stats.seconds = time.monotonic() - start
+            if time.monotonic() - last_log >= 1.0:
+                last_log = time.monotonic()
+                log(f"vlm3r-play: {stats.published} frames published ({stats.rate_hz:.1f} Hz), "
+                    f"{image_pub.get_subscription_count()} subscriber(s)")
+            if args.max_frames and stats.published >= args.max_frames:
+                return
+        if published_this_pass == 0:
+            raise PlayError(f"no readable frame in {feed.description}")
+        stats.passes += 1
+        if not args.loop:
+            return
+        loop_offset_s += last_source_t + 1.0 / feed.fps
+
+
+def apply_transport_setting() -> None:
+    """The Fast DDS transport setting vlm3r-node ships: LARGE_DATA builtin transports.
+
+    Must run before the first DDS participant of the process is created. A value the
+    user already set is kept.
+    """
+    import os
+
+    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        _check_args(args)
+        if args.input is not None:
+            feed = FrameFeed(input_path=args.input, fps=args.source_fps)
+        else:
+            feed = FrameFeed(generated=args.generated, size=args.size, seed=args.seed, fps=args.source_fps)
+        stats = play(args, feed)
+    except NoSubscribers as exc:
+        print(f"vlm3r-play: error: {exc}", file=sys.stderr)
+        return 3
+    except PlayError as exc:
+        print(f"vlm3r-play: error: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, _Stop):  # before publishing started
+        print("vlm3r-play: stopped before publishing", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    how = "stopped" if stats.interrupted else "done"
+    print(f"vlm3r-play: {how}: {stats.published} frames in {stats.seconds:.1f} s "
+          f"({stats.rate_hz:.1f} Hz), {stats.passes} full pass(es), {stats.late} late; "
+          f"{stats.subscribers} subscriber(s) at start", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
