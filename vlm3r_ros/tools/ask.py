@@ -187,7 +187,8 @@ def load_models(args, device: torch.device, dtype: torch.dtype) -> LoadedModels:
         except ImportError as exc:
             raise ToolError(f"loading a VLM-3R checkpoint needs vlm3r_ros.engine.vlm_checkpoint, which cannot be "
                             f"imported ({exc}); only --tiny-random works in this installation") from None
-        tokenizer = _tokenizer_call(load_tokenizer, args.base)
+        tokenizer = _tokenizer_call(load_tokenizer, args.base)  # the official loader reads it from the base
+        cut3r = load_model(args.cut3r, device=device, dtype=dtype)  # first: smaller; ToolError on checkpoint errors
         errors = tuple({cut3r_checkpoint.CheckpointError, vlm_checkpoint.CheckpointError})
         try:
             vlm, report = vlm_checkpoint.load_vlm3r(args.base, args.adapter, device=device, dtype=dtype,
@@ -197,7 +198,6 @@ def load_models(args, device: torch.device, dtype: torch.dtype) -> LoadedModels:
         except torch.OutOfMemoryError:
             raise ToolError(f"out of memory loading VLM-3R to {device} as {str(dtype).replace('torch.', '')}; "
                             f"try --dtype float16/bfloat16 or another device") from None
-        cut3r = load_model(args.cut3r, device=device, dtype=dtype)  # ToolError on checkpoint errors
         label = f"base {args.base}, adapter {args.adapter}, CUT3R {args.cut3r}"
     try:
         pipeline = Vlm3rPipeline(vlm, cut3r, tokenizer)
@@ -356,6 +356,7 @@ def result_dict(args, loaded: LoadedModels, result: AskResult, device, dtype_nam
         "device": str(device),
         "dtype": dtype_name,
         "threads": torch.get_num_threads(),
+        "load_report": loaded.report.summary() if loaded.report is not None else "",
     }
 
 
@@ -463,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.tiny_random:
             print(f"WARNING: --tiny-random: {TINY_RANDOM_NOTE}", file=sys.stderr)
         loaded = load_models(args, device, DTYPES[dtype_name])
+        if loaded.report is not None and not args.json:
+            print(loaded.report.summary(), file=sys.stderr)
         result = ask(args, loaded, sampled, options)
     except ToolError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
