@@ -385,7 +385,8 @@ def print_plain(doc: dict) -> None:
 
 # ------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--video", type=Path, help="video file (mp4, mov, mkv, avi, ...; read with imageio-ffmpeg)")
     source.add_argument("--frames", type=Path, help="folder of images (png/jpg/jpeg/bmp), in name order")
