@@ -281,7 +281,8 @@ def config_from_docs(doc: Mapping[str, Any], source: str, overrides: Mapping[str
     try:
         return Vlm3rConfig.from_llava_config(doc, **dict(overrides or {}))
     except (Vlm3rConfigError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{source}: cannot build the VLM-3R config: {exc}") from None
+        raise CheckpointError(f"{source}: cannot build the VLM-3R config: {exc} (fix the config.json, or pass "
+                              f"config_overrides, e.g. {{'select_feature': 'all'}})") from None
 
 
 # ------------------------------------------------------------------------- LoRA
