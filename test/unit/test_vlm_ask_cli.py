@@ -203,3 +203,19 @@ def test_tiny_random_refuses_weight_paths(frames_dir, tmp_path, capsys):
     code, _, err = run_ask(['--tiny-random', '--frames', str(frames_dir), '-q', QUESTION,
                             '--base', str(tmp_path)], capsys)
     assert_one_line_error(code, err, '--tiny-random', '--base')
+
+
+def test_unreadable_sampled_image_is_skipped_and_reported(frames_dir, tmp_path, capsys):
+    folder = tmp_path / 'frames'
+    folder.mkdir()
+    names = sorted(p.name for p in frames_dir.glob('*.png'))
+    for name in names:
+        (folder / name).write_bytes((frames_dir / name).read_bytes())
+    (folder / names[2]).write_bytes(b'not a png')  # sampled: indices 0, 2, 4 of 5
+    code, out, err = run_ask(['--tiny-random', '--frames', str(folder), '-q', QUESTION, '--num-frames', '3',
+                              '--max-new-tokens', '1', '--json'], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc['skipped'] == [names[2]] and doc['frame_indices'] == [0, 4] and doc['frames_used'] == 2
+    assert doc['visual_tokens'] == 2 * 210
+    assert f'skipping unreadable {names[2]}' in err
