@@ -75,3 +75,19 @@ def test_every_field_has_a_comment_above(path):
         if FIELD_LINE.match(line) and (i == 0 or not lines[i - 1].startswith('#'))
     ]
     assert not undocumented, f'{path}: fields without a comment line above: {undocumented}'
+
+
+@pytest.mark.parametrize('path', ['msg/SpatialState.msg', 'srv/SpatialQuery.srv'])
+def test_released_not_draft(path):
+    assert 'DRAFT' not in (ROOT / path).read_text()
+
+
+def test_query_documents_the_engine_answer_types_and_error_format():
+    from vlm3r_ros.engine.spatial_engine import ANSWER_TYPES
+
+    text = (ROOT / 'srv/SpatialQuery.srv').read_text()
+    for answer_type in ANSWER_TYPES:
+        assert f'"{answer_type}"' in text, f'answer_type "{answer_type}" is not documented'
+    assert '"NO_FRAMES: no frame received yet"' in text
+    for code in ('NO_FRAMES', 'BUSY', 'EMPTY_QUESTION', 'QUESTION_TOO_LONG', 'NOT_ACTIVE'):
+        assert code in text
