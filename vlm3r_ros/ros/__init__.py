@@ -1,0 +1,57 @@
+"""The ROS 2 layer of vlm3r_ros: the only part of the package that imports rclpy.
+
+* :mod:`vlm3r_ros.ros.node`: ``SpatialNode``, a lifecycle node over the ROS-free
+  :class:`~vlm3r_ros.engine.spatial_engine.SpatialEngine`, and its parameter table.
+* :mod:`vlm3r_ros.ros.conversions`: messages <-> engine values (images, poses, clouds).
+* :mod:`vlm3r_ros.ros.main`: the ``vlm3r-node`` entry point.
+
+This module itself imports no rclpy: :func:`apply_transport_setting` must run before the
+process creates its first DDS participant.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE = "vlm3r_ros"
+FASTDDS_PROFILE_NAME = "fastdds_large_data.xml"
+FASTDDS_PROFILES_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
+FASTDDS_BUILTIN_ENV = "FASTDDS_BUILTIN_TRANSPORTS"
+
+
+def config_dir() -> Path:
+    """The package's config/ folder: the source checkout's (pip install -e), else
+    share/vlm3r_ros/config of a ROS install (found through the ament index)."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "package.xml").is_file() and (checkout / "config").is_dir():
+        return checkout / "config"
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory(PACKAGE)) / "config"
+    except (ImportError, LookupError, OSError, ValueError):  # no ament index, or not registered
+        return checkout / "config"
+
+
+def fastdds_profile_path() -> Path:
+    """config/fastdds_large_data.xml: a 16 MiB shared-memory segment for large images."""
+    return config_dir() / FASTDDS_PROFILE_NAME
+
+
+def apply_transport_setting(environ=os.environ) -> str:
+    """Select the shipped Fast DDS profile unless the user configured Fast DDS already.
+
+    Must run before the first DDS participant of the process exists (before ``rclpy.init``).
+    A set ``FASTDDS_DEFAULT_PROFILES_FILE`` or ``FASTDDS_BUILTIN_TRANSPORTS`` is kept (set
+    ``FASTDDS_BUILTIN_TRANSPORTS=DEFAULT`` to opt out). Returns a sentence for the log.
+    """
+    if environ.get(FASTDDS_PROFILES_ENV):
+        return f"Fast DDS profile from {FASTDDS_PROFILES_ENV}={environ[FASTDDS_PROFILES_ENV]} (kept)"
+    if environ.get(FASTDDS_BUILTIN_ENV):
+        return f"Fast DDS transports from {FASTDDS_BUILTIN_ENV}={environ[FASTDDS_BUILTIN_ENV]} (kept)"
+    path = fastdds_profile_path()
+    if not path.is_file():
+        return f"Fast DDS default transports: {path} not found (large best-effort images may be lost)"
+    environ[FASTDDS_PROFILES_ENV] = str(path)
+    return f"Fast DDS profile {path} (16 MiB shared memory for large images; set {FASTDDS_PROFILES_ENV} to override)"
