@@ -14,6 +14,7 @@ CONSOLE_SCRIPTS = {
     'vlm3r-cut3r': 'vlm3r_ros.tools.run_cut3r:main',
     'vlm3r-parity': 'vlm3r_ros.tools.parity:main',
     'vlm3r-convert-cut3r': 'vlm3r_ros.tools.convert_cut3r:main',
+    'vlm3r-node': 'vlm3r_ros.ros.main:main',
     'vlm3r-ask': 'vlm3r_ros.tools.ask:main',
     'vlm3r-play': 'vlm3r_ros.tools.play:main',
 }

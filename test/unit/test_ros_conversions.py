@@ -1,9 +1,10 @@
-"""vlm3r_ros.ros.conversions, without a ROS graph.
+"""vlm3r_ros.ros.conversions and the node's latest-frame slot, without a ROS graph.
 
 Messages are built and read in this process only (no rclpy.init, no DDS).
 """
 import io
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from sensor_msgs.msg import CompressedImage, Image, PointField
 
 from vlm3r_ros.engine.spatial_engine import EngineError
 from vlm3r_ros.ros import conversions as conv
+from vlm3r_ros.ros.node import Frame, LatestFrameSlot
 
 
 # ------------------------------------------------------------------ stamps
@@ -269,3 +271,28 @@ def test_colour_conversion():
     assert conv.colors_to_uint8(np.array([[-3.0, 0.5, 9.0]])).tolist() == [[0, 191, 255]]
     assert conv.colors_to_uint8(torch.tensor([[1, 2, 3]], dtype=torch.uint8)).tolist() == [[1, 2, 3]]
 
+
+# ------------------------------------------------------------------ latest-frame slot
+def frame(i):
+    return Frame(np.zeros((1, 1, 3), np.uint8), i, 'cam', 0.0)
+
+
+def test_slot_keeps_only_the_latest_frame_and_reports_drops():
+    slot = LatestFrameSlot()
+    assert slot.take(timeout=0.0) is None
+    assert slot.put(frame(1)) is False
+    assert slot.put(frame(2)) is True  # frame 1 was never taken: a drop
+    assert slot.take(timeout=0.0).stamp_ns == 2
+    assert slot.take(timeout=0.0) is None
+    assert slot.put(frame(3)) is False
+    assert slot.clear() == 1 and slot.clear() == 0
+
+
+def test_slot_wakes_a_waiting_worker():
+    slot = LatestFrameSlot()
+    got = []
+    worker = threading.Thread(target=lambda: got.append(slot.take(timeout=10.0)))
+    worker.start()
+    slot.put(frame(7))
+    worker.join(10.0)
+    assert not worker.is_alive() and got[0].stamp_ns == 7

@@ -1,0 +1,197 @@
+"""The launch file, the parameter YAMLs and the Fast DDS profile agree with the node.
+
+launch and launch_ros are not installable here, so the launch file is read as a syntax
+tree (never executed, nothing faked): its arguments, the executable it starts and the
+parameter names it passes. The node's parameter table is imported without starting ROS.
+"""
+import ast
+import importlib.metadata
+import os
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vlm3r_ros.ros import FASTDDS_PROFILES_ENV, apply_transport_setting, fastdds_profile_path
+from vlm3r_ros.ros.node import PARAMETER_NAMES, PARAMETERS, NodeSettings, check_parameter
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCH = ROOT / 'launch' / 'vlm3r.launch.py'
+LAUNCH_ARGUMENTS = {'params_file', 'image_topic', 'namespace', 'use_sim_time'}
+NODE_BUILTIN_PARAMETERS = {'use_sim_time'}  # declared by every rclpy node
+SPECS = {p.name: p for p in PARAMETERS}
+
+
+def yaml_parameters(name):
+    doc = yaml.safe_load((ROOT / 'config' / name).read_text())
+    assert list(doc) == ['/**'], f'{name}: parameters must be under /** (any node name)'
+    return doc['/**']['ros__parameters']
+
+
+# ------------------------------------------------------------------ the parameter table
+def test_parameter_table_is_consistent():
+    assert len(PARAMETER_NAMES) == len(set(PARAMETER_NAMES))
+    for spec in PARAMETERS:
+        assert spec.description, spec.name
+        assert check_parameter(spec.name, spec.default) is None, spec.name
+        desc = spec.descriptor()
+        assert desc.name == spec.name and desc.read_only == spec.read_only
+        if spec.int_range:
+            assert spec.int_range[0] <= spec.default <= spec.int_range[1], spec.name
+        if spec.float_range:
+            assert spec.float_range[0] <= spec.default <= spec.float_range[1], spec.name
+    # Every read-only parameter is read into NodeSettings at configure, except autostart (main's).
+    settings = {f for f in NodeSettings.__dataclass_fields__}
+    assert settings == {p.name for p in PARAMETERS if p.read_only} - {'autostart'}
+    dynamic = {p.name for p in PARAMETERS if not p.read_only}
+    assert dynamic == {'world_frame_id', 'path_max_length', 'publish_points', 'points_max'}
+
+
+@pytest.mark.parametrize('name, value, message', [
+    ('image_qos_reliability', 'sometimes', 'one of best_effort, reliable'),
+    ('device', 'gpu', 'auto, cpu, cuda or cuda:N'),
+    ('device', 'cuda:x', 'auto, cpu, cuda or cuda:N'),
+    ('world_frame_id', '/map', 'tf2 frame id'),
+    ('world_frame_id', 'my world', 'tf2 frame id'),
+    ('image_topic', '', 'not a valid topic name'),
+    ('image_topic', 'camera//image', 'not a valid topic name'),
+    ('compressed_image_topic', '1bad', 'not a valid topic name'),
+])
+def test_bad_values_are_refused_with_a_reason(name, value, message):
+    reason = check_parameter(name, value)
+    assert reason is not None and message in reason and name in reason
+
+
+@pytest.mark.parametrize('name, value', [
+    ('device', 'cuda:1'), ('device', 'cpu'), ('world_frame_id', 'robot1/vlm3r_world'),
+    ('image_topic', '/camera/color/image_raw'), ('image_topic', '~/image'), ('compressed_image_topic', ''),
+])
+def test_good_values_pass(name, value):
+    assert check_parameter(name, value) is None
+
+
+# ------------------------------------------------------------------ YAML files
+def test_vlm3r_yaml_lists_every_parameter_with_its_default():
+    params = yaml_parameters('vlm3r.yaml')
+    assert set(params) == set(PARAMETER_NAMES)
+    for name, value in params.items():
+        default = SPECS[name].default
+        assert type(value) is type(default), f'{name}: {value!r} is not a {type(default).__name__}'
+        assert value == default, f'{name}: YAML {value!r} != node default {default!r}'
+    assert params['model_source'] == 'files'
+    assert params['cut3r_weights'] == params['vlm_base_dir'] == params['vlm_adapter_dir'] == ''
+
+
+def test_tiny_yaml_overrides_valid_parameters_with_tiny_random_weights():
+    params = yaml_parameters('tiny.yaml')
+    assert set(params) <= set(PARAMETER_NAMES), set(params) - set(PARAMETER_NAMES)
+    assert params['model_source'] == 'tiny_random' and params['device'] == 'cpu'
+    values = {p.name: p.default for p in PARAMETERS}
+    for name, value in params.items():
+        spec = SPECS[name]
+        assert type(value) is type(spec.default), name
+        assert check_parameter(name, value) is None, name
+        if spec.int_range:
+            assert spec.int_range[0] <= value <= spec.int_range[1], name
+        values[name] = value
+    settings = NodeSettings(**{k: values[k] for k in NodeSettings.__dataclass_fields__})
+    config = settings.engine_config()  # cross-parameter checks pass
+    assert config.default_max_frames <= config.window_capacity
+
+
+# ------------------------------------------------------------------ launch file
+def launch_tree():
+    return ast.parse(LAUNCH.read_text(), filename=str(LAUNCH))
+
+
+def calls(tree, name):
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+            and (getattr(n.func, 'id', None) == name or getattr(n.func, 'attr', None) == name)]
+
+
+def keyword(call, name):
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def test_launch_file_is_a_launch_ros_file():
+    tree = launch_tree()
+    imported = {n.module.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {'launch', 'launch_ros'}, imported
+    functions = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert 'generate_launch_description' in functions
+    (node,) = calls(tree, 'LifecycleNode')
+    assert ast.literal_eval(keyword(node, 'package')) == 'vlm3r_ros'
+    assert ast.literal_eval(keyword(node, 'executable')) == 'vlm3r_node'
+    assert ast.literal_eval(keyword(node, 'name')) == 'vlm3r_node'
+
+
+def test_launch_arguments():
+    declared = {ast.literal_eval(c.args[0]) for c in calls(launch_tree(), 'DeclareLaunchArgument')}
+    assert declared == LAUNCH_ARGUMENTS
+    used = {ast.literal_eval(c.args[0]) for c in calls(launch_tree(), 'LaunchConfiguration')}
+    assert used == LAUNCH_ARGUMENTS
+
+
+def test_launch_passes_only_declared_parameters_and_the_params_file():
+    (node,) = calls(launch_tree(), 'LifecycleNode')
+    parameters = keyword(node, 'parameters')
+    assert isinstance(parameters, ast.List)
+    dicts = [e for e in parameters.elts if isinstance(e, ast.Dict)]
+    keys = {ast.literal_eval(k) for d in dicts for k in d.keys}
+    assert keys == {'image_topic', 'use_sim_time'}
+    assert keys <= set(PARAMETER_NAMES) | NODE_BUILTIN_PARAMETERS
+    names = [e.id for e in parameters.elts if isinstance(e, ast.Name)]
+    assert names == ['params_file']
+    assert isinstance(keyword(node, 'namespace'), ast.Name)  # the namespace argument
+
+
+def test_launch_defaults_name_shipped_files():
+    text = LAUNCH.read_text()
+    for name in ('vlm3r.yaml', 'fastdds_large_data.xml'):
+        assert f"'{name}'" in text and (ROOT / 'config' / name).is_file()
+    (env,) = calls(launch_tree(), 'SetEnvironmentVariable')
+    assert ast.literal_eval(env.args[0]) == FASTDDS_PROFILES_ENV
+
+
+# ------------------------------------------------------------------ Fast DDS profile
+def test_fastdds_profile_is_valid_xml_with_a_large_shared_memory_segment():
+    path = fastdds_profile_path()
+    assert path == ROOT / 'config' / 'fastdds_large_data.xml'
+    ns = {'d': 'http://www.eprosima.com'}
+    root = ET.parse(path).getroot()
+    segment = root.find('.//d:transport_descriptor[d:type="SHM"]/d:segment_size', ns)
+    assert int(segment.text) >= 4 * 640 * 480 * 3  # several VGA rgb8 frames
+    participant = root.find('.//d:participant', ns)
+    assert participant.get('is_default_profile') == 'true'
+    transports = [t.text for t in participant.findall('.//d:userTransports/d:transport_id', ns)]
+    types = {t.find('d:transport_id', ns).text: t.find('d:type', ns).text
+             for t in root.findall('.//d:transport_descriptor', ns)}
+    assert sorted(types[t] for t in transports) == ['SHM', 'UDPv4']  # UDP: discovery, other hosts
+
+
+def test_transport_setting_keeps_what_the_user_chose():
+    env = {}
+    assert 'fastdds_large_data.xml' in apply_transport_setting(env)
+    assert env == {FASTDDS_PROFILES_ENV: str(fastdds_profile_path())}
+    env = {FASTDDS_PROFILES_ENV: '/etc/mine.xml'}
+    assert '(kept)' in apply_transport_setting(env) and env == {FASTDDS_PROFILES_ENV: '/etc/mine.xml'}
+    env = {'FASTDDS_BUILTIN_TRANSPORTS': 'DEFAULT'}
+    assert '(kept)' in apply_transport_setting(env) and FASTDDS_PROFILES_ENV not in env
+
+
+# ------------------------------------------------------------------ entry points
+def test_console_script_is_registered():
+    scripts = {e.name: e.value for e in importlib.metadata.entry_points(group='console_scripts')}
+    assert scripts.get('vlm3r-node') == 'vlm3r_ros.ros.main:main'
+
+
+def test_ros2_run_executable_is_installed():
+    """make setup installs lib/vlm3r_ros/vlm3r_node into the venv (the ROS install prefix)."""
+    path = Path(sys.prefix) / 'lib' / 'vlm3r_ros' / 'vlm3r_node'
+    assert path.is_file(), f'{path} missing: run make setup'
+    assert os.access(path, os.X_OK)
+    assert 'from vlm3r_ros.ros.main import main' in path.read_text()
+    assert path.read_text() == (ROOT / 'scripts' / 'vlm3r_node').read_text(), 'stale: run make setup'
+

@@ -1,0 +1,822 @@
+"""``SpatialNode``: camera in, rolling window of fused tokens, ``spatial_query`` out.
+
+A thin lifecycle node over the ROS-free :class:`~vlm3r_ros.engine.spatial_engine.SpatialEngine`:
+it declares and validates parameters, converts messages, runs one worker thread and
+publishes. All model logic is in the engine.
+
+Lifecycle (``rclpy.lifecycle``; ``autostart`` runs configure + activate at start):
+
+* configure: read the parameters, load the models (tiny random or local files) into a
+  ``SpatialEngine``; create the publishers and the services.
+* activate: subscribe to the camera; start the worker thread and the timers.
+* deactivate: unsubscribe; stop the worker (joined); stop the timers.
+* cleanup / shutdown: drop the services, publishers and the engine (frees the weights).
+
+Threads and callback groups (on a ``MultiThreadedExecutor``, see :func:`executor_threads`):
+
+* image callbacks (``_image_group``, mutually exclusive): decode and validate the image,
+  put it in the :class:`LatestFrameSlot`; never run the model. A frame that replaces one
+  still waiting is counted as dropped.
+* the worker thread (not an executor thread): takes the latest frame, runs
+  ``engine.ingest``, publishes pose, path, points and state.
+* ``spatial_query`` (``_query_group``, re-entrant): up to ``max_concurrent_queries`` run at
+  once inside the engine; the rest are answered ``BUSY`` at once.
+* ``~/reset`` (``_reset_group``) and the state/diagnostics timers (``_timer_group``) have
+  their own groups, so neither waits for a query or for the camera.
+* parameter and lifecycle services stay in the node's default group.
+
+Topics (names relative, so namespaces and remapping work): subscribes ``image``
+(sensor_msgs/Image; the name is the ``image_topic`` parameter) and optionally a
+sensor_msgs/CompressedImage topic; publishes ``~/state``, ``~/pose``, ``~/path``,
+``~/points`` and ``/diagnostics``; serves ``spatial_query`` and ``~/reset``.
+Every output is stamped with the stamp of the input image it comes from; frames are
+described in :mod:`vlm3r_ros.ros.conversions`.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import re
+import resource
+import threading
+import time
+import traceback
+from dataclasses import dataclass, fields
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Pose
+from nav_msgs.msg import Path
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_srvs.srv import Trigger
+
+from vlm3r_ros.engine.spatial_engine import EngineConfig, EngineError
+from vlm3r_ros.msg import SpatialState
+from vlm3r_ros.ros import conversions
+from vlm3r_ros.srv import SpatialQuery
+
+NODE_NAME = "vlm3r_node"
+
+
+# ---------------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class ParamSpec:
+    """One ROS parameter: its default (which fixes its type), description and limits."""
+
+    name: str
+    default: bool | int | float | str
+    description: str
+    read_only: bool = True  # a change needs a restart (or a cleanup + configure)
+    int_range: tuple[int, int] | None = None
+    float_range: tuple[float, float] | None = None
+    choices: tuple[str, ...] | None = None
+    constraints: str = ""
+
+    def descriptor(self) -> ParameterDescriptor:
+        kind = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
+                float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}[type(self.default)]
+        constraints = self.constraints
+        if self.choices:
+            constraints = "one of: " + ", ".join(repr(c) for c in self.choices) + (f". {constraints}" if constraints
+                                                                                   else "")
+        desc = ParameterDescriptor(name=self.name, type=kind, description=self.description,
+                                   additional_constraints=constraints, read_only=self.read_only)
+        if self.int_range is not None:
+            desc.integer_range = [IntegerRange(from_value=self.int_range[0], to_value=self.int_range[1], step=1)]
+        if self.float_range is not None:
+            desc.floating_point_range = [FloatingPointRange(from_value=self.float_range[0],
+                                                            to_value=self.float_range[1], step=0.0)]
+        return desc
+
+
+_ENGINE_DEFAULTS = EngineConfig()
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    # -- input
+    ParamSpec("image_topic", "image", "sensor_msgs/Image topic to subscribe to (rgb8, bgr8, rgba8, bgra8 or "
+              "mono8). Relative names follow the node's namespace.", constraints="a valid ROS topic name"),
+    ParamSpec("compressed_image_topic", "", "Optional sensor_msgs/CompressedImage topic (jpeg or png), e.g. "
+              "'image/compressed'. Empty: no compressed subscription.",
+              constraints="empty or a valid ROS topic name"),
+    ParamSpec("image_qos_reliability", "best_effort", "Reliability of the camera subscription: best_effort "
+              "(sensor-data QoS, the default) or reliable.", choices=("best_effort", "reliable")),
+    ParamSpec("image_qos_depth", 5, "History depth of the camera subscription (keep last N).",
+              int_range=(1, 100)),
+    ParamSpec("max_image_pixels", 4096 * 4096, "Largest input image accepted (width * height); larger ones "
+              "are rejected and counted.", int_range=(1, 8192 * 8192)),
+    # -- model
+    ParamSpec("model_source", "files", "Where the weights come from: 'files' (the local paths below) or "
+              "'tiny_random' (tiny seeded random models: tests pipelines, answers mean nothing).",
+              choices=("files", "tiny_random")),
+    ParamSpec("cut3r_weights", "", "CUT3R checkpoint file (cut3r_512_dpt_4_64.pth or a .safetensors from "
+              "vlm3r-convert-cut3r). Required with model_source 'files'."),
+    ParamSpec("vlm_base_dir", "", "Folder of the LLaVA-Video-Qwen2 base model (config.json, weights, "
+              "tokenizer). Required with model_source 'files'."),
+    ParamSpec("vlm_adapter_dir", "", "Folder of the VLM-3R LoRA adapter (adapter_config.json, "
+              "adapter_model.*, non_lora_trainables.bin). Required with model_source 'files'."),
+    ParamSpec("tokenizer_dir", "", "Folder holding the tokenizer. Empty: vlm_base_dir (files) or the "
+              "offline-built Qwen2 tokenizer (tiny_random)."),
+    ParamSpec("random_seed", 0, "Seed of the tiny random weights (model_source 'tiny_random').",
+              int_range=(0, 2**31 - 1)),
+    ParamSpec("device", "auto", "Torch device: 'auto' (cuda if available, else cpu), 'cpu', 'cuda' or "
+              "'cuda:N'.", constraints="auto, cpu, cuda or cuda:N"),
+    ParamSpec("dtype", "auto", "Weights and compute dtype: 'auto' (float16 on cuda, float32 on cpu), "
+              "'float32', 'float16' or 'bfloat16'.", choices=("auto", "float32", "float16", "bfloat16")),
+    ParamSpec("torch_threads", 0, "CPU threads for torch (torch.set_num_threads) in this process; 0 keeps "
+              "torch's default.", int_range=(0, 256)),
+    ParamSpec("geometry", True, "Run CUT3R's heads on every frame: camera pose (~/pose, ~/path, state "
+              "camera_pose) and points (~/points). Off: tokens only, a little faster."),
+    # -- memory window (SpatialEngine)
+    ParamSpec("window_capacity", _ENGINE_DEFAULTS.window_capacity, "Most frames kept in the memory window "
+              "that questions read; the oldest are forgotten first.", int_range=(1, 100_000)),
+    ParamSpec("keyframe_stride", _ENGINE_DEFAULTS.keyframe_stride, "Keep every k-th processed frame in the "
+              "window (every frame still updates CUT3R's state).", int_range=(1, 10_000)),
+    ParamSpec("default_max_frames", _ENGINE_DEFAULTS.default_max_frames, "Frames per question when a "
+              "request says max_frames 0 (VLM-3R was trained with 32).", int_range=(1, 100_000),
+              constraints="<= window_capacity"),
+    ParamSpec("default_max_new_tokens", _ENGINE_DEFAULTS.default_max_new_tokens, "Answer length limit in "
+              "tokens when a request says max_new_tokens 0.", int_range=(1, 4096),
+              constraints="<= max_new_tokens_limit"),
+    ParamSpec("max_new_tokens_limit", _ENGINE_DEFAULTS.max_new_tokens_limit, "Largest max_new_tokens a "
+              "request may ask for.", int_range=(1, 4096)),
+    ParamSpec("max_question_chars", _ENGINE_DEFAULTS.max_question_chars, "Longest question accepted, in "
+              "characters; longer ones get QUESTION_TOO_LONG.", int_range=(1, 1_000_000)),
+    ParamSpec("auto_reset_frames", _ENGINE_DEFAULTS.auto_reset_frames, "Start a new segment after this "
+              "many processed frames; 0 never.", int_range=(0, 2**31 - 1)),
+    ParamSpec("max_concurrent_queries", _ENGINE_DEFAULTS.max_concurrent_queries, "Questions answered at "
+              "the same time; more are refused at once with BUSY.", int_range=(1, 64)),
+    # -- outputs
+    ParamSpec("world_frame_id", "vlm3r_world", "Fixed frame of poses, path, points and state (REP 103 "
+              "axes: x forward, y left, z up, as seen by the segment's first camera).", read_only=False,
+              constraints="a tf2 frame id: letters, digits, '_' and '/', not starting with '/'"),
+    ParamSpec("path_max_length", 1000, "Most poses kept in ~/path (the oldest are dropped).",
+              read_only=False, int_range=(1, 100_000)),
+    ParamSpec("publish_points", True, "Publish ~/points (needs geometry and an engine that returns "
+              "points).", read_only=False),
+    ParamSpec("points_max", 5000, "Most points per ~/points cloud (regular decimation).", read_only=False,
+              int_range=(1, 1_000_000)),
+    ParamSpec("state_period", 0.5, "Seconds between ~/state messages when no frame comes (one is also "
+              "published after every processed frame).", float_range=(0.01, 60.0)),
+    ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", float_range=(0.1, 60.0)),
+    ParamSpec("autostart", True, "Configure and activate at start (vlm3r-node); false leaves the node "
+              "unconfigured for a lifecycle manager."),
+)
+PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
+_SPECS = {p.name: p for p in PARAMETERS}
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_FRAME_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_/]*$")
+
+
+def check_parameter(name: str, value) -> str | None:
+    """Validation beyond type and range (those come from the descriptors). None when valid,
+    else the reason, naming the parameter, the value and what is allowed."""
+    spec = _SPECS.get(name)
+    if spec is None:
+        return None
+    if spec.choices and value not in spec.choices:
+        return f"{name} must be one of {', '.join(spec.choices)}; got {value!r}"
+    if name == "device" and not _DEVICE_RE.match(value):
+        return f"device must be auto, cpu, cuda or cuda:N; got {value!r}"
+    if name == "world_frame_id" and not _FRAME_ID_RE.match(value):
+        return (f"world_frame_id must be a tf2 frame id (letters, digits, '_' and '/', not starting with '/', "
+                f"no spaces); got {value!r}")
+    if name in ("image_topic", "compressed_image_topic") and (value or name == "image_topic"):
+        from rclpy.exceptions import InvalidTopicNameException
+        from rclpy.expand_topic_name import expand_topic_name
+        from rclpy.validate_full_topic_name import validate_full_topic_name
+        try:
+            validate_full_topic_name(expand_topic_name(value, NODE_NAME, "/"))
+        except (InvalidTopicNameException, ValueError) as exc:
+            detail = str(exc).split(", at /")[0].splitlines()[0].rstrip(":")  # no rcl source location
+            return f"{name} is not a valid topic name: {value!r} ({detail})"
+    return None
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """The read-only parameters, read once at configure."""
+
+    image_topic: str
+    compressed_image_topic: str
+    image_qos_reliability: str
+    image_qos_depth: int
+    max_image_pixels: int
+    model_source: str
+    cut3r_weights: str
+    vlm_base_dir: str
+    vlm_adapter_dir: str
+    tokenizer_dir: str
+    random_seed: int
+    device: str
+    dtype: str
+    torch_threads: int
+    geometry: bool
+    window_capacity: int
+    keyframe_stride: int
+    default_max_frames: int
+    default_max_new_tokens: int
+    max_new_tokens_limit: int
+    max_question_chars: int
+    auto_reset_frames: int
+    max_concurrent_queries: int
+    state_period: float
+    diagnostics_period: float
+
+    def engine_config(self) -> EngineConfig:
+        config = EngineConfig(window_capacity=self.window_capacity, keyframe_stride=self.keyframe_stride,
+                              default_max_frames=self.default_max_frames,
+                              default_max_new_tokens=self.default_max_new_tokens,
+                              max_new_tokens_limit=self.max_new_tokens_limit,
+                              max_question_chars=self.max_question_chars,
+                              auto_reset_frames=self.auto_reset_frames,
+                              max_concurrent_queries=self.max_concurrent_queries)
+        try:
+            return config.validate()
+        except ValueError as exc:
+            raise ConfigError(f"inconsistent parameters: {exc}") from None
+
+
+class ConfigError(ValueError):
+    """Parameters that cannot work together, or weights that cannot be loaded (with the reason)."""
+
+
+def executor_threads(max_concurrent_queries: int) -> int:
+    """Executor threads so that running queries never starve the other callback groups:
+    one per concurrent query, plus images, reset, timers, and the default group, plus one
+    for the instant BUSY answers."""
+    return max_concurrent_queries + 5
+
+
+# ---------------------------------------------------------------------------------- engine
+def _resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device is {name!r} but this torch has no CUDA device "
+                              f"(torch {torch.__version__}); use device 'cpu' or 'auto'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device is {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
+
+
+def _resolve_dtype(name: str, device):
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+_WEIGHT_PATHS = {
+    "cut3r_weights": "CUT3R checkpoint file (e.g. cut3r_512_dpt_4_64.pth)",
+    "vlm_base_dir": "LLaVA-Video-Qwen2 base model folder",
+    "vlm_adapter_dir": "VLM-3R LoRA adapter folder",
+}
+
+
+def build_engine(settings: NodeSettings):
+    """Load the models named by the parameters into a SpatialEngine (slow: seconds to minutes).
+
+    Raises ConfigError with a sentence naming the parameter for anything the user must fix.
+    """
+    import torch
+
+    from vlm3r_ros.engine.checkpoint import CheckpointError, build_cut3r, load_cut3r
+    from vlm3r_ros.engine.spatial_engine import SpatialEngine
+    from vlm3r_ros.engine.vlm3r_pipeline import Vlm3rPipeline
+    from vlm3r_ros.models.vlm.tokenizer import TokenizerError, build_qwen2_tokenizer, load_tokenizer
+
+    engine_config = settings.engine_config()
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    device = _resolve_device(settings.device)
+    dtype = _resolve_dtype(settings.dtype, device)
+    try:
+        if settings.model_source == "tiny_random":
+            from vlm3r_ros.models.cut3r.tiny import random_cut3r
+            from vlm3r_ros.models.vlm.tiny import random_vlm3r
+
+            tokenizer = (load_tokenizer(settings.tokenizer_dir) if settings.tokenizer_dir
+                         else build_qwen2_tokenizer())
+            cut3r_random = random_cut3r("tiny_dpt", seed=settings.random_seed)
+            # The loading path real weights take (float32 heads under half precision).
+            cut3r = build_cut3r(cut3r_random.config, cut3r_random.state_dict(), device=device, dtype=dtype)
+            vlm = random_vlm3r(seed=settings.random_seed).to(device=device, dtype=dtype)
+        else:
+            for name in _WEIGHT_PATHS:
+                value = getattr(settings, name)
+                if not value:
+                    raise ConfigError(
+                        f"parameter '{name}' is empty: set it to the local path of the {_WEIGHT_PATHS[name]} "
+                        f"(in config/vlm3r.yaml or with -p {name}:=PATH), or set model_source to tiny_random "
+                        f"(config/tiny.yaml) to run on tiny random weights")
+                if not os.path.exists(value):
+                    raise ConfigError(f"parameter '{name}' = {value!r}: no such file or folder")
+            from vlm3r_ros.engine.vlm_checkpoint import load_vlm3r
+
+            tokenizer = load_tokenizer(settings.tokenizer_dir or settings.vlm_base_dir)
+            cut3r = load_cut3r(settings.cut3r_weights, device=device, dtype=dtype)
+            vlm, _report = load_vlm3r(settings.vlm_base_dir, settings.vlm_adapter_dir, device=device, dtype=dtype,
+                                      tokenizer_size=tokenizer.get_vocab_size(with_added_tokens=True))
+        pipeline = Vlm3rPipeline(vlm, cut3r, tokenizer, with_geometry=settings.geometry)
+    except (CheckpointError, TokenizerError, OSError) as exc:
+        raise ConfigError(f"cannot load the weights: {exc}") from None
+    except ValueError as exc:  # mismatched checkpoints, bad configs
+        raise ConfigError(str(exc)) from None
+    return SpatialEngine(pipeline, engine_config)
+
+
+# ---------------------------------------------------------------------------------- frames
+@dataclass
+class Frame:
+    """A decoded input frame waiting for the worker."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8
+    stamp_ns: int  # the input image's header stamp
+    camera_frame_id: str
+    received: float  # time.monotonic() when the callback got it
+
+
+class LatestFrameSlot:
+    """A one-frame mailbox: ``put`` replaces what is waiting; ``take`` waits for a frame."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+
+    def put(self, frame: Frame) -> bool:
+        """Store ``frame``; True when it replaced a frame nobody took (a drop)."""
+        with self._cond:
+            replaced = self._frame is not None
+            self._frame = frame
+            self._cond.notify()
+            return replaced
+
+    def take(self, timeout: float) -> Frame | None:
+        with self._cond:
+            if self._frame is None:
+                self._cond.wait(timeout)
+            frame, self._frame = self._frame, None
+            return frame
+
+    def clear(self) -> int:
+        """Forget a waiting frame; returns 1 if there was one, else 0."""
+        with self._cond:
+            had = self._frame is not None
+            self._frame = None
+            return int(had)
+
+
+@dataclass
+class Counters:
+    """Input counters since the node was created (they never decrease)."""
+
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0
+    rejected: int = 0
+    last_rejection: str = ""
+    last_step_s: float = math.nan
+    last_latency_s: float = math.nan  # image callback -> outputs published
+    last_enqueued_stamp_ns: int = 0
+    camera_frame_id: str = ""
+
+
+def _rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; elsewhere the peak from getrusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ---------------------------------------------------------------------------------- the node
+STATE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+LATCHED_QOS = STATE_QOS
+OUTPUT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class SpatialNode(LifecycleNode):
+    """The vlm3r_ros node. Construct, then configure + activate (``main`` does so when
+    ``autostart`` is true). See the module docstring for threads, topics and services."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs):
+        super().__init__(node_name, **kwargs)
+        # Which callbacks may overlap: a query with anything; images, reset and timers
+        # with each other and with queries, never with themselves.
+        self._image_group = MutuallyExclusiveCallbackGroup()
+        self._query_group = ReentrantCallbackGroup()
+        self._reset_group = MutuallyExclusiveCallbackGroup()
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+
+        self.settings: NodeSettings | None = None
+        self._engine = None
+        self._active = False
+        self._lock = threading.Lock()  # counters, path, last pose
+        self._counters = Counters()
+        self._slot = LatestFrameSlot()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._path = collections.deque(maxlen=_SPECS["path_max_length"].default)
+        self._path_key = None  # (segment id, world frame) of the poses in _path
+        self._last_pose = Pose()
+        self._last_processed_stamp_ns = 0
+        self._diag_prev = (time.monotonic(), 0, 0)
+        self._image_subs = []
+        self._timer_list = []
+        self._service_list = []
+        self._pubs = {}
+
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.declare_parameters("", [(p.name, p.default, p.descriptor()) for p in PARAMETERS])
+
+    # ------------------------------------------------------------------ parameters
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for param in params:
+            reason = check_parameter(param.name, param.value)
+            if reason is not None:
+                return SetParametersResult(successful=False, reason=reason)
+        for param in params:  # all valid: apply what can change at run time
+            if param.name == "path_max_length":
+                with self._lock:
+                    self._path = collections.deque(self._path, maxlen=param.value)
+            if param.name == "world_frame_id":
+                with self._lock:
+                    self._path.clear()
+        return SetParametersResult(successful=True)
+
+    def current_state_label(self) -> str:
+        """The lifecycle state: unconfigured, inactive, active, finalized, ..."""
+        return self._state_machine.current_state[1]
+
+    def _param(self, name: str):
+        return self.get_parameter(name).value
+
+    def read_settings(self) -> NodeSettings:
+        return NodeSettings(**{f.name: self._param(f.name) for f in fields(NodeSettings)})
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            settings = self.read_settings()
+            settings.engine_config()  # cross-parameter checks before the slow load
+            self.get_logger().info(f"loading {settings.model_source} weights on {settings.device} "
+                                   f"({settings.dtype}) ...")
+            start = time.monotonic()
+            engine = build_engine(settings)
+        except ConfigError as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        except Exception:  # noqa: BLE001 - rclpy would swallow it without a word
+            self.get_logger().error(f"configure failed:\n{traceback.format_exc()}")
+            return TransitionCallbackReturn.FAILURE
+        self.settings, self._engine = settings, engine
+        if settings.model_source == "tiny_random":
+            self.get_logger().warning("TINY RANDOM WEIGHTS: answers, poses and points are meaningless")
+        pubs = self._pubs
+        pubs["state"] = self.create_lifecycle_publisher(SpatialState, "~/state", STATE_QOS)
+        pubs["pose"] = self.create_lifecycle_publisher(conversions.PoseStamped, "~/pose", OUTPUT_QOS)
+        pubs["path"] = self.create_lifecycle_publisher(Path, "~/path", LATCHED_QOS)
+        pubs["points"] = self.create_lifecycle_publisher(conversions.PointCloud2, "~/points", LATCHED_QOS)
+        pubs["diagnostics"] = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
+        self._service_list = [
+            self.create_service(SpatialQuery, "spatial_query", self._on_query, callback_group=self._query_group),
+            self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._reset_group),
+        ]
+        self.get_logger().info(f"configured in {time.monotonic() - start:.1f} s: window of "
+                               f"{settings.window_capacity} frames, {settings.max_concurrent_queries} "
+                               f"concurrent question(s)")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._activate()
+        except Exception:  # noqa: BLE001 - rclpy would swallow it without a word
+            self.get_logger().error(f"activate failed:\n{traceback.format_exc()}")
+            self._deactivate()
+            return TransitionCallbackReturn.FAILURE
+        result = super().on_activate(state)
+        topics = ", ".join(sub.topic_name for sub in self._image_subs)
+        self.get_logger().info(f"active: listening on {topics} ({self.settings.image_qos_reliability}, depth "
+                               f"{self.settings.image_qos_depth}); serving {self.resolve_service_name(self._service_list[0].srv_name)}")
+        self._publish_state()
+        return result
+
+    def _activate(self) -> None:
+        s = self.settings
+        qos = QoSProfile(depth=s.image_qos_depth, history=HistoryPolicy.KEEP_LAST,
+                         reliability=ReliabilityPolicy.BEST_EFFORT if s.image_qos_reliability == "best_effort"
+                         else ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+        self._image_subs = [self.create_subscription(Image, s.image_topic, self._on_image, qos,
+                                                         callback_group=self._image_group)]
+        if s.compressed_image_topic:
+            self._image_subs.append(self.create_subscription(
+                CompressedImage, s.compressed_image_topic, self._on_compressed_image, qos,
+                callback_group=self._image_group))
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._run_worker, name="vlm3r_worker")
+        self._worker.start()
+        self._timer_list = [self.create_timer(s.state_period, self._publish_state, callback_group=self._timer_group),
+                         self.create_timer(s.diagnostics_period, self._publish_diagnostics,
+                                           callback_group=self._timer_group)]
+        self._active = True
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._cleanup()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._active:
+            self._deactivate()
+            super().on_deactivate(state)
+        self._cleanup()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _deactivate(self) -> None:
+        self._active = False
+        for sub in self._image_subs:
+            self.destroy_subscription(sub)
+        for timer in self._timer_list:
+            self.destroy_timer(timer)
+        self._image_subs, self._timer_list = [], []
+        self.stop_worker()
+
+    def stop_worker(self, timeout: float = 30.0) -> bool:
+        """Stop and join the worker (it finishes the frame in progress). True when it ended."""
+        self._stop.set()
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.join(timeout)
+            if worker.is_alive():
+                self.get_logger().error(f"the worker thread did not stop within {timeout} s")
+                return False
+        return True
+
+    def _cleanup(self) -> None:
+        for service in self._service_list:
+            self.destroy_service(service)
+        for pub in self._pubs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._service_list, self._pubs = [], {}
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            device_type = engine.pipeline.cut3r.device.type
+            del engine
+            if device_type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ input
+    def _on_image(self, msg: Image) -> None:
+        self._count_received()
+        try:
+            rgb = conversions.image_to_rgb(msg, self.settings.max_image_pixels)
+        except EngineError as exc:
+            self._reject(exc.message, msg.header.frame_id)
+            return
+        self._enqueue(rgb, msg.header)
+
+    def _on_compressed_image(self, msg: CompressedImage) -> None:
+        self._count_received()
+        try:
+            rgb = conversions.compressed_image_to_rgb(msg, self.settings.max_image_pixels)
+        except EngineError as exc:
+            self._reject(exc.message, msg.header.frame_id)
+            return
+        self._enqueue(rgb, msg.header)
+
+    def _count_received(self) -> None:
+        with self._lock:
+            self._counters.received += 1
+
+    def _enqueue(self, rgb: np.ndarray, header) -> None:
+        stamp_ns = conversions.stamp_to_ns(header.stamp)
+        with self._lock:
+            last = self._counters.last_enqueued_stamp_ns
+            if stamp_ns < last:
+                reason = (f"stamp {stamp_ns * 1e-9:.3f} s is older than the previous frame's "
+                          f"({last * 1e-9:.3f} s); call ~/reset to start a new segment after a time jump")
+            else:
+                reason = None
+                self._counters.last_enqueued_stamp_ns = stamp_ns
+        if reason is not None:
+            self._reject(reason, header.frame_id)
+            return
+        if self._slot.put(Frame(rgb, stamp_ns, header.frame_id, time.monotonic())):
+            with self._lock:
+                self._counters.dropped += 1
+
+    def _reject(self, reason: str, frame_id: str) -> None:
+        with self._lock:
+            self._counters.rejected += 1
+            self._counters.last_rejection = reason
+        self.get_logger().warning(f"rejected an image (frame '{frame_id}'): {reason}", throttle_duration_sec=5.0)
+
+    # ------------------------------------------------------------------ worker
+    def _run_worker(self) -> None:
+        while not self._stop.is_set():
+            frame = self._slot.take(timeout=0.1)
+            if frame is None:
+                continue
+            try:
+                self._process(frame)
+            except Exception:  # noqa: BLE001 - the worker must survive any single frame
+                self.get_logger().error(f"frame {frame.stamp_ns} failed:\n{traceback.format_exc()}",
+                                        throttle_duration_sec=5.0)
+                with self._lock:
+                    self._counters.rejected += 1
+                    self._counters.last_rejection = "INTERNAL: the model failed on this frame (see the log)"
+
+    def _process(self, frame: Frame) -> None:
+        engine = self._engine
+        if engine is None:
+            return
+        try:
+            result = engine.ingest(frame.rgb, frame.stamp_ns)
+        except EngineError as exc:
+            self._reject(exc.message, frame.camera_frame_id)
+            return
+        if result.index < 0:  # a reset came while the model ran: the frame belongs to no segment
+            with self._lock:
+                self._counters.dropped += 1
+            return
+        world = self._param("world_frame_id")
+        pose = None
+        if result.c2w is not None:
+            try:
+                pose = conversions.pose_from_c2w(result.c2w)
+            except ValueError as exc:  # e.g. a non-finite pose from a diverged model
+                self.get_logger().warning(f"no pose for frame {frame.stamp_ns}: {exc}", throttle_duration_sec=5.0)
+        if pose is not None:
+            stamped = conversions.pose_stamped(pose, frame.stamp_ns, world)
+            self._pubs["pose"].publish(stamped)
+            with self._lock:
+                if self._path_key != (result.segment_id, world):
+                    self._path.clear()
+                    self._path_key = (result.segment_id, world)
+                self._path.append(stamped)
+                path = Path(header=conversions.header(frame.stamp_ns, world), poses=list(self._path))
+                self._last_pose = pose
+            self._pubs["path"].publish(path)
+        # The engine's IngestResult carries no points yet; ~/points is published once it
+        # returns points_world (N, 3) and colors (N, 3) (see the README).
+        points = getattr(result, "points_world", None)
+        if points is not None and self._param("publish_points"):
+            xyz, rgb = conversions.decimate_points(points, getattr(result, "colors", None),
+                                                   max_points=self._param("points_max"))
+            self._pubs["points"].publish(conversions.point_cloud2(xyz, rgb, frame.stamp_ns, world))
+        with self._lock:
+            c = self._counters
+            c.processed += 1
+            c.last_step_s = result.step_seconds
+            c.last_latency_s = time.monotonic() - frame.received
+            c.camera_frame_id = frame.camera_frame_id
+            self._last_processed_stamp_ns = frame.stamp_ns
+        self._publish_state()
+
+    # ------------------------------------------------------------------ outputs
+    def state_message(self) -> SpatialState:
+        engine = self._engine
+        stats = engine.stats() if engine is not None else None
+        msg = SpatialState()
+        with self._lock:
+            c = self._counters
+            msg.header = conversions.header(self._last_processed_stamp_ns, self._param("world_frame_id"))
+            msg.frames_received, msg.frames_processed = c.received, c.processed
+            msg.frames_dropped, msg.frames_rejected = c.dropped, c.rejected
+            msg.last_step_latency_s = c.last_step_s
+            msg.camera_pose = self._last_pose
+        if stats is not None:
+            msg.window_size, msg.window_capacity, msg.segment_id = (stats.window_size, stats.window_capacity,
+                                                                     stats.segment_id)
+        return msg
+
+    def _publish_state(self) -> None:
+        pub = self._pubs.get("state")
+        if pub is not None:
+            pub.publish(self.state_message())
+
+    def diagnostic_status(self) -> DiagnosticStatus:
+        engine = self._engine
+        stats = engine.stats() if engine is not None else None
+        now = time.monotonic()
+        with self._lock:
+            c = Counters(**vars(self._counters))
+        then, received_then, processed_then = self._diag_prev
+        self._diag_prev = (now, c.received, c.processed)
+        elapsed = max(now - then, 1e-9)
+        input_hz, processed_hz = (c.received - received_then) / elapsed, (c.processed - processed_then) / elapsed
+        level, message = DiagnosticStatus.OK, "running"
+        if not self._active:
+            level, message = DiagnosticStatus.WARN, "not active"
+        elif c.received == 0:
+            level, message = DiagnosticStatus.WARN, "no image received yet"
+        elif input_hz == 0.0:
+            level, message = DiagnosticStatus.WARN, "no image in the last period"
+        elif c.dropped > 0 and input_hz > 0 and processed_hz < 0.5 * input_hz:
+            message = "the model is slower than the camera: frames are dropped"
+        values = {
+            "input_rate_hz": f"{input_hz:.2f}",
+            "processed_rate_hz": f"{processed_hz:.2f}",
+            "step_latency_s": f"{c.last_step_s:.4f}",
+            "input_to_output_latency_s": f"{c.last_latency_s:.4f}",
+            "frames_received": c.received,
+            "frames_processed": c.processed,
+            "frames_dropped": c.dropped,
+            "frames_rejected": c.rejected,
+            "last_rejection": c.last_rejection,
+            "camera_frame_id": c.camera_frame_id,
+            "memory_rss_mb": f"{_rss_bytes() / 2**20:.1f}",
+        }
+        if stats is not None:
+            values.update({
+                "window_size": stats.window_size,
+                "window_capacity": stats.window_capacity,
+                "window_fill": f"{stats.window_size / max(stats.window_capacity, 1):.3f}",
+                "window_mb": f"{stats.window_bytes / 2**20:.2f}",
+                "bytes_per_frame": stats.bytes_per_frame,
+                "segment_id": stats.segment_id,
+                "queries_answered": stats.queries_answered,
+                "queries_refused_busy": stats.queries_refused,
+            })
+        if self.settings is not None:
+            values.update({"model_source": self.settings.model_source, "device": self.settings.device,
+                           "dtype": self.settings.dtype})
+        return DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: spatial memory",
+                                message=message, hardware_id=self.settings.device if self.settings else "",
+                                values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+    def _publish_diagnostics(self) -> None:
+        pub = self._pubs.get("diagnostics")
+        if pub is None:
+            return
+        msg = DiagnosticArray(status=[self.diagnostic_status()])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        pub.publish(msg)
+
+    # ------------------------------------------------------------------ services
+    def _on_query(self, request: SpatialQuery.Request, response: SpatialQuery.Response) -> SpatialQuery.Response:
+        start = time.perf_counter()
+        response.value = math.nan
+        engine = self._engine
+        try:
+            if not self._active or engine is None:
+                raise EngineError("NOT_ACTIVE", f"the node is {self.current_state_label()}, not "
+                                                f"active; activate it first")
+            result = engine.query(request.question, list(request.options), answer_type=request.answer_type,
+                                  max_frames=int(request.max_frames), window_seconds=float(request.window_seconds),
+                                  max_new_tokens=int(request.max_new_tokens))
+        except EngineError as exc:
+            response.success, response.error = False, f"{exc.code}: {exc.message}"
+        except Exception as exc:  # noqa: BLE001 - answer, never leave the caller hanging
+            self.get_logger().error(f"question failed:\n{traceback.format_exc()}")
+            response.success, response.error = False, f"INTERNAL: {type(exc).__name__}: {exc}"
+        else:
+            parsed = result.answer.parsed
+            response.success, response.error = True, ""
+            response.answer = result.answer.text
+            response.choice = parsed.choice
+            response.value = float(parsed.value)
+            response.unit = parsed.unit if not math.isnan(parsed.value) else ""
+            response.frames_used = result.frames_used
+            response.window_start = conversions.ns_to_stamp(result.window_start_ns)
+            response.window_end = conversions.ns_to_stamp(result.window_end_ns)
+        response.latency_s = time.perf_counter() - start
+        return response
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        engine = self._engine
+        if not self._active or engine is None:
+            response.success = False
+            response.message = "NOT_ACTIVE: the node is not active; activate it first"
+            return response
+        segment = engine.reset()
+        pending = self._slot.clear()
+        with self._lock:
+            self._counters.dropped += pending
+            self._counters.last_enqueued_stamp_ns = 0
+            self._path.clear()
+            self._last_pose = Pose()
+        self._publish_state()
+        response.success = True
+        response.message = f"segment {segment} started: the memory window is empty"
+        self.get_logger().info(response.message)
+        return response
