@@ -4,7 +4,9 @@
     vlm3r-play --generated 60 --rate 10 --loop --camera-info
 
 A ``ros2 bag play`` for plain footage, so anyone can feed ``vlm3r-node`` (or any image
-consumer) without a camera or a ROS installation.
+consumer) without a camera or a ROS installation. Like a camera driver it publishes
+``image_raw``; ``vlm3r-node`` subscribes to ``image`` (its ``image_topic`` parameter), so
+feed it with ``vlm3r-play ... --topic image`` (or remap either side).
 
 Input (one of):
   --input PATH      a video file (mp4, mov, mkv, avi, ...; decoded by imageio-ffmpeg), a folder
@@ -20,15 +22,19 @@ y down). Stamps: ``now`` (default; the ROS clock when the frame is published) or
 ``source`` (the frame's time in the source, index / fps; with --loop each pass adds the
 source's duration, so stamps never go backwards).
 
+With --loop, an image folder whose decoded frames fit in 1 GiB is decoded only once.
+
 Rate: --rate Hz (default: the source's frame rate; 30 for folders and generated frames
 unless a sequence.json written by sample_data says otherwise). Frames are published on a
 fixed schedule; a frame that is more than one period late (slow decoding) restarts the
 schedule instead of bursting, and is counted as late.
 
 QoS: --qos sensor (default: best effort, keep last --depth, what camera drivers and
-``vlm3r-node`` use) or reliable. The Fast DDS large-data transport setting that
-``vlm3r-node`` ships is applied here too (see ``vlm3r_ros.transport``), because with the
-default transports best-effort frames of this size are mostly lost.
+``vlm3r-node`` use) or reliable. The Fast DDS setting that ``vlm3r-node`` ships
+(config/fastdds_large_data.xml, a 16 MiB shared-memory segment; see
+``vlm3r_ros.ros.apply_transport_setting``) is applied here too unless
+FASTDDS_DEFAULT_PROFILES_FILE or FASTDDS_BUILTIN_TRANSPORTS is set: it matters most on the
+sending side, and with Fast DDS's defaults most best-effort frames of 0.5 MB or more are lost.
 
 --camera-info also publishes ``sensor_msgs/CameraInfo`` on the ``camera_info`` topic next to
 the image topic (``image_raw`` -> ``camera_info``, ``/cam/image_raw`` -> ``/cam/camera_info``),
@@ -36,6 +42,9 @@ with the same header. For generated frames and for folders written by sample_dat
 intrinsics are exact. Otherwise they are a GUESS: a pinhole camera with a horizontal field
 of view of --hfov degrees (default 60), square pixels, principal point at the image centre,
 no distortion. Use a real calibration for anything metric.
+
+ROS arguments come last: ``vlm3r-play --generated 30 --ros-args -r __ns:=/robot1`` (the
+topic is then /robot1/image_raw).
 
 --wait-for-subscribers N waits (at most --wait-timeout s) until N subscribers have matched
 before the first frame, so that a consumer started at the same time sees every frame.
@@ -61,6 +70,7 @@ DEFAULT_TOPIC = "image_raw"
 DEFAULT_FRAME_ID = "camera_optical_frame"
 DEFAULT_HFOV_DEG = 60.0
 DEFAULT_GENERATED_SIZE = (640, 480)
+LOOP_CACHE_BYTES = 1 << 30  # with --loop, a folder whose decoded frames fit is decoded once
 ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
 CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 
@@ -85,10 +95,15 @@ class FrameFeed:
     """The frames of one source, iterable any number of times (one pass per iteration)."""
 
     def __init__(self, *, input_path: Path | None = None, generated: int = 0,
-                 size: tuple[int, int] = DEFAULT_GENERATED_SIZE, seed: int = 0, fps: float | None = None):
+                 size: tuple[int, int] = DEFAULT_GENERATED_SIZE, seed: int = 0, fps: float | None = None,
+                 cache_bytes: int = 0):
+        """``cache_bytes`` > 0: keep the decoded frames of an image folder in memory after the
+        first pass when they fit in that many bytes (later passes then decode nothing)."""
         from vlm3r_ros.tools import run_cut3r, sample_data
 
         self.input_path = input_path
+        self.cache_bytes = cache_bytes
+        self._cache: list[SourceFrame] | None = None
         self.skipped: list[str] = []
         self.exact_intrinsics: tuple[float, float, float, float] | None = None  # (fx, fy, cx, cy)
         if input_path is None:
@@ -139,12 +154,18 @@ class FrameFeed:
             for i, image in enumerate(self._frames):
                 yield SourceFrame(i, f"generated {i}", image)
             return
+        if self._cache is not None:
+            yield from self._cache
+            return
         from vlm3r_ros.tools import run_cut3r
 
         try:
             source = run_cut3r.FrameSource(self.input_path, self.fps)
         except run_cut3r.ToolError as exc:
             raise PlayError(str(exc)) from None
+        caching = self.cache_bytes > 0 and not source.is_video
+        kept: list[SourceFrame] = []
+        kept_bytes = 0
         try:
             for frame in source.frames():
                 if frame.image is None:
@@ -152,11 +173,18 @@ class FrameFeed:
                         self.skipped.append(frame.name)
                         print(f"warning: skipped {frame.name}: {frame.error}", file=sys.stderr)
                     continue
-                yield SourceFrame(frame.index, frame.name, frame.image)
+                item = SourceFrame(frame.index, frame.name, frame.image)
+                if caching:
+                    kept.append(item)
+                    kept_bytes += item.image.nbytes
+                    caching = kept_bytes <= self.cache_bytes
+                yield item
         except run_cut3r.ToolError as exc:
             raise PlayError(str(exc)) from None
         finally:
             source.close()
+        if caching and kept:  # a complete pass that fits
+            self._cache = kept
 
 
 def _read_sequence_json(folder: Path) -> dict | None:
@@ -316,9 +344,15 @@ def _raise_stop(signum, frame):
     raise _Stop()
 
 
-def play(args, feed: FrameFeed, out=sys.stdout) -> PlayStats:
-    """Publish ``feed`` as described by ``args`` (see build_parser). Returns the counts."""
-    apply_transport_setting()  # before the DDS participant exists
+def play(args, feed: FrameFeed, out=None, ros_args: list[str] | None = None) -> PlayStats:
+    """Publish ``feed`` as described by ``args`` (see build_parser). Returns the counts.
+
+    ``ros_args``: what followed ``--ros-args`` on the command line (remapping, namespace, ...).
+    """
+    out = out or sys.stdout
+    from vlm3r_ros.ros import apply_transport_setting
+
+    transport = apply_transport_setting()  # the node's setting, before this process's participant exists
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, Image
@@ -333,7 +367,7 @@ def play(args, feed: FrameFeed, out=sys.stdout) -> PlayStats:
     period = 1.0 / rate
     stats = PlayStats()
     context = rclpy.Context()
-    rclpy.init(args=None, context=context)
+    rclpy.init(args=["vlm3r-play", "--ros-args", *ros_args] if ros_args else None, context=context)
     node = None
     try:
         node = rclpy.create_node(args.node_name, context=context)
@@ -344,19 +378,22 @@ def play(args, feed: FrameFeed, out=sys.stdout) -> PlayStats:
             f"{rate:g} Hz{', loop' if args.loop else ''}, frame_id {args.frame_id}, stamps {args.stamps})")
         if info_pub is not None:
             log(f"vlm3r-play: camera info on {info_pub.topic_name}")
+        log(f"vlm3r-play: {transport}")
 
         if args.wait_for_subscribers:
             start = time.monotonic()
             while image_pub.get_subscription_count() < args.wait_for_subscribers:
                 if time.monotonic() - start > args.wait_timeout:
                     raise NoSubscribers(f"only {image_pub.get_subscription_count()} of "
-                                        f"{args.wait_for_subscribers} subscriber(s) on {image_pub.topic_name} after {args.wait_timeout:g} s")
+                                        f"{args.wait_for_subscribers} subscriber(s) on {image_pub.topic_name} "
+                                        f"after {args.wait_timeout:g} s")
                 time.sleep(0.05)
             stats.waited_for_subscribers_s = time.monotonic() - start
         stats.subscribers = image_pub.get_subscription_count()
 
         try:
             _publish_loop(args, feed, node, image_pub, info_pub, period, stats, log)
+            _drain(image_pub, info_pub, args.qos)
         except (KeyboardInterrupt, _Stop):
             stats.interrupted = True
         return stats
@@ -421,27 +458,35 @@ def _publish_loop(args, feed: FrameFeed, node, image_pub, info_pub, period: floa
         loop_offset_s += last_source_t + 1.0 / feed.fps
 
 
-def apply_transport_setting() -> None:
-    """The Fast DDS transport setting vlm3r-node ships: LARGE_DATA builtin transports.
+def _drain(image_pub, info_pub, qos: str) -> None:
+    """Let the last frames reach the subscribers before the participant goes away:
+    reliable: until acknowledged (at most 2 s); best effort: a short grace period."""
+    from rclpy.duration import Duration
 
-    Must run before the first DDS participant of the process is created. A value the
-    user already set is kept.
-    """
-    import os
-
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    if qos == "reliable":
+        for pub in (image_pub, info_pub):
+            if pub is not None:
+                pub.wait_for_all_acked(Duration(seconds=2.0))
+    else:
+        time.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ros_args = []
+    if "--ros-args" in argv:  # ROS arguments (remapping, namespace) go to rclpy
+        cut = argv.index("--ros-args")
+        argv, ros_args = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
         _check_args(args)
         if args.input is not None:
-            feed = FrameFeed(input_path=args.input, fps=args.source_fps)
+            feed = FrameFeed(input_path=args.input, fps=args.source_fps,
+                             cache_bytes=LOOP_CACHE_BYTES if args.loop else 0)
         else:
             feed = FrameFeed(generated=args.generated, size=args.size, seed=args.seed, fps=args.source_fps)
-        stats = play(args, feed)
+        stats = play(args, feed, ros_args=ros_args)
     except NoSubscribers as exc:
         print(f"vlm3r-play: error: {exc}", file=sys.stderr)
         return 3
