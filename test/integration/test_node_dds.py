@@ -1,0 +1,457 @@
+"""The vlm3r_ros node over real DDS: the node in one process, its clients in others.
+
+One node process (test/fixtures/node_vlm3r.py = vlm3r-node's main, config/tiny.yaml: tiny
+random weights) serves the whole module, in the namespace /vlm3r_test; the tests run in
+file order against it and the last one stops it with SIGINT. This process publishes small
+frames and calls the services; test/fixtures/node_image_publisher.py publishes large
+frames from a third process with the shipped Fast DDS profile. Every wait is bounded; no
+assertion is about timing.
+"""
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import rclpy
+import yaml
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
+from lifecycle_msgs.srv import GetState
+from nav_msgs.msg import Path as PathMsg
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import GetParameters, SetParameters
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from std_srvs.srv import Trigger
+
+from vlm3r_ros.msg import SpatialState
+from vlm3r_ros.ros import fastdds_profile_path
+from vlm3r_ros.srv import SpatialQuery
+
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / 'test' / 'fixtures'
+TINY_YAML = ROOT / 'config' / 'tiny.yaml'
+TINY = yaml.safe_load(TINY_YAML.read_text())['/**']['ros__parameters']
+NS = '/vlm3r_test'
+NODE = f'{NS}/vlm3r_node'
+START_TIMEOUT_S = 60.0  # import torch, build the tokenizer, load tiny models: ~5 s idle
+WAIT_S = 60.0  # discovery, frames settling, replies: generous for a loaded 2-core machine
+ERROR_RE = re.compile(r'^[A-Z][A-Z_]+: \S.*')
+STAMP0_NS = 1000 * 10**9  # this module's frames; the publisher fixture uses 2000 s
+STATE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+# ------------------------------------------------------------------ processes
+class Child:
+    """A fixture script in its own process group, output to a file, killed at teardown."""
+
+    def __init__(self, log_path, script, *args, env=None):
+        child_env = dict(os.environ, VLM3R_TEST_PARENT_PID=str(os.getpid()), PYTHONUNBUFFERED='1')
+        child_env.update(env or {})
+        self.log_path = log_path
+        with open(log_path, 'wb') as log:
+            self.proc = subprocess.Popen([sys.executable, str(FIXTURES / script), *map(str, args)],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env=child_env, start_new_session=True)
+
+    def running(self):
+        return self.proc.poll() is None
+
+    def output(self):
+        return self.log_path.read_text(errors='replace') if self.log_path.exists() else ''
+
+    def describe(self):
+        state = 'running' if self.running() else f'exited with {self.proc.returncode}'
+        return f'pid {self.proc.pid} ({state}); output:\n{self.output()[-6000:]}'
+
+    def wait(self, timeout):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self):
+        if self.running():
+            self.proc.send_signal(signal.SIGINT)
+            self.wait(5.0)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+
+
+@pytest.fixture(scope='module')
+def children(tmp_path_factory):
+    started = []
+    folder = tmp_path_factory.mktemp('node_dds')
+
+    def spawn(script, *args, env=None):
+        child = Child(folder / f'{Path(script).stem}-{len(started)}.log', script, *args, env=env)
+        started.append(child)
+        return child
+
+    yield spawn
+    for child in reversed(started):
+        child.kill()
+
+
+@pytest.fixture(scope='module')
+def node_proc(children):
+    return children('node_vlm3r.py', '--ros-args', '--params-file', TINY_YAML, '-r', f'__ns:={NS}')
+
+
+# ------------------------------------------------------------------ this process's client
+class Client:
+    """Subscriptions to every output of the node, an image publisher and service clients."""
+
+    def __init__(self, node_proc):
+        self.node_proc = node_proc
+        self.context = rclpy.Context()
+        rclpy.init(args=None, context=self.context)
+        self.node = rclpy.create_node('vlm3r_node_test_client', context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.states, self.poses, self.paths, self.diagnostics = [], [], [], []
+        n = self.node
+        n.create_subscription(SpatialState, f'{NODE}/state', self.states.append, STATE_QOS)
+        n.create_subscription(PoseStamped, f'{NODE}/pose', self.poses.append, 50)
+        n.create_subscription(PathMsg, f'{NODE}/path', self.paths.append, STATE_QOS)
+        n.create_subscription(DiagnosticArray, '/diagnostics', self.diagnostics.append, 10)
+        self.images = n.create_publisher(Image, f'{NS}/image',
+                                         QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
+        self.query_client = n.create_client(SpatialQuery, f'{NS}/spatial_query')
+        self.reset_client = n.create_client(Trigger, f'{NODE}/reset')
+        self.set_client = n.create_client(SetParameters, f'{NODE}/set_parameters')
+        self.get_client = n.create_client(GetParameters, f'{NODE}/get_parameters')
+        self.state_client = n.create_client(GetState, f'{NODE}/get_state')
+        self.next_stamp_ns = STAMP0_NS
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+    def spin_until(self, done, what, timeout=WAIT_S):
+        deadline = time.monotonic() + timeout
+        while not done():
+            if not self.node_proc.running():
+                pytest.fail(f'{what}: the node exited. {self.node_proc.describe()}')
+            if time.monotonic() > deadline:
+                pytest.fail(f'{what}: not done after {timeout} s. Node {self.node_proc.describe()}')
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def call(self, client, request, what, timeout=WAIT_S):
+        self.spin_until(lambda: client.service_is_ready(), f'{what}: service {client.srv_name} available')
+        future = client.call_async(request)
+        self.spin_until(future.done, what, timeout)
+        return future.result()
+
+    def ask(self, question='How far is the door from the window?', **fields):
+        request = SpatialQuery.Request(question=question, **fields)
+        return self.call(self.query_client, request, f'query {question[:40]!r}')
+
+    @property
+    def state(self):
+        return self.states[-1] if self.states else None
+
+    def wait_state(self, predicate, what):
+        self.spin_until(lambda: self.state is not None and predicate(self.state), what)
+        return self.state
+
+    def publish_frames(self, count, width=96, height=72, period_s=0.1):
+        """Publish ``count`` rgb8 frames with increasing stamps; returns the stamps (ns)."""
+        self.spin_until(lambda: self.images.get_subscription_count() > 0, 'the node subscribes to the images')
+        stamps = []
+        for i in range(count):
+            stamps.append(self.next_stamp_ns)
+            self.images.publish(make_image(width, height, self.next_stamp_ns, seed=i))
+            self.next_stamp_ns += int(period_s * 1e9)
+            end = time.monotonic() + period_s
+            while time.monotonic() < end:
+                self.executor.spin_once(timeout_sec=0.01)
+        return stamps
+
+    def publish_raw(self, msg):
+        self.spin_until(lambda: self.images.get_subscription_count() > 0, 'the node subscribes to the images')
+        self.images.publish(msg)
+
+    def settled(self, received):
+        """True once ``received`` frames came and none is waiting or in the model."""
+        s = self.state
+        return (s is not None and s.frames_received == received
+                and s.frames_processed + s.frames_dropped + s.frames_rejected == received)
+
+
+def make_image(width, height, stamp_ns, seed=0, encoding='rgb8'):
+    channels = {'rgb8': 3, 'bgr8': 3, 'mono8': 1, 'rgba8': 4, 'bgra8': 4}[encoding]
+    msg = Image(height=height, width=width, encoding=encoding, is_bigendian=0, step=width * channels)
+    msg.header.frame_id = 'camera_optical_frame'
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+    msg.data = bytes((seed * 37 + i) % 256 for i in range(width * channels)) * height
+    return msg
+
+
+def stamp_ns(stamp):
+    return stamp.sec * 10**9 + stamp.nanosec
+
+
+def parameter(name, value):
+    if isinstance(value, bool):
+        v = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
+    elif isinstance(value, int):
+        v = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
+    else:
+        v = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+    return Parameter(name=name, value=v)
+
+
+@pytest.fixture(scope='module')
+def client(node_proc):
+    c = Client(node_proc)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+# ------------------------------------------------------------------ tests, in order
+def test_node_starts_active_and_latches_its_state(client):
+    state = client.wait_state(lambda s: True, 'first ~/state (transient local)')
+    assert (state.frames_received, state.frames_processed, state.segment_id) == (0, 0, 0)
+    assert state.window_capacity == TINY['window_capacity']
+    assert state.header.frame_id == 'vlm3r_world'
+    lifecycle = client.call(client.state_client, GetState.Request(), 'lifecycle get_state')
+    assert lifecycle.current_state.label == 'active'
+
+
+def test_query_before_any_frame_gets_no_frames(client):
+    response = client.ask()
+    assert response.success is False
+    assert response.error.startswith('NO_FRAMES: ')
+    assert ERROR_RE.match(response.error)
+    assert math.isnan(response.value) and response.answer == '' and response.frames_used == 0
+
+
+def test_frames_flow_and_are_counted(client):
+    stamps = client.publish_frames(12)
+    client.spin_until(lambda: client.settled(12), '12 frames received and settled')
+    state = client.state
+    assert state.frames_rejected == 0
+    assert state.frames_processed >= 1
+    # The last frame is never replaced, so it is processed; outputs carry the input stamps.
+    assert stamp_ns(state.header.stamp) == stamps[-1]
+    assert state.window_size == state.frames_processed
+    client.spin_until(lambda: len(client.poses) == state.frames_processed, 'one ~/pose per processed frame')
+    for pose in client.poses:
+        assert stamp_ns(pose.header.stamp) in stamps
+        assert pose.header.frame_id == 'vlm3r_world'
+        q = pose.pose.orientation
+        assert math.isclose(q.x ** 2 + q.y ** 2 + q.z ** 2 + q.w ** 2, 1.0, rel_tol=1e-6)
+    assert state.camera_pose == client.poses[-1].pose
+    client.spin_until(lambda: client.paths and len(client.paths[-1].poses) == state.frames_processed, '~/path')
+    path = client.paths[-1]
+    assert path.header.frame_id == 'vlm3r_world' and stamp_ns(path.header.stamp) == stamps[-1]
+    assert [p.header.stamp for p in path.poses] == [p.header.stamp for p in client.poses]
+
+    def diagnostics_with_frames():
+        for array in client.diagnostics:
+            for status in array.status:
+                values = {kv.key: kv.value for kv in status.values}
+                if 'vlm3r_node' in status.name and values.get('frames_received') == '12':
+                    return values
+        return None
+    client.spin_until(lambda: diagnostics_with_frames() is not None, '/diagnostics with the 12 frames')
+    values = diagnostics_with_frames()
+    for key in ('input_rate_hz', 'step_latency_s', 'frames_dropped', 'window_fill', 'memory_rss_mb'):
+        assert key in values, f'{key} missing from /diagnostics: {values}'
+    assert float(values['memory_rss_mb']) > 0 and float(values['step_latency_s']) > 0
+
+
+def test_query_answers_about_the_window(client):
+    first, last = STAMP0_NS, client.next_stamp_ns - 10**8
+    response = client.ask(answer_type='number')
+    assert response.success is True and response.error == ''
+    assert 1 <= response.frames_used <= TINY['default_max_frames']
+    assert first <= stamp_ns(response.window_start) <= stamp_ns(response.window_end) == last
+    assert response.latency_s > 0
+    assert math.isnan(response.value) or response.unit in ('', 'm', 'cm', 'mm', 'km', 'ft', 'in', 'yd')
+    response = client.ask('Which is closer to the door?', options=['A. chair', 'B. table'], answer_type='choice',
+                          max_frames=2, max_new_tokens=4)
+    assert response.success is True
+    assert response.frames_used == min(2, client.state.window_size)
+    assert response.choice in ('', 'A', 'B')
+    # A time window of 0.25 s holds the last three frames (stamps 0.1 s apart).
+    response = client.ask(window_seconds=0.25, max_frames=32)
+    assert response.success is True and stamp_ns(response.window_start) >= last - 250_000_000
+
+
+def test_eight_concurrent_queries_are_answered_or_busy(client):
+    requests = [SpatialQuery.Request(question=f'How many chairs are there? ({i})', answer_type='number',
+                                     max_new_tokens=TINY['max_new_tokens_limit']) for i in range(8)]
+    client.spin_until(lambda: client.query_client.service_is_ready(), 'spatial_query available')
+    futures = [client.query_client.call_async(r) for r in requests]
+    client.spin_until(lambda: all(f.done() for f in futures), 'all 8 concurrent queries answered')
+    responses = [f.result() for f in futures]
+    answered = [r for r in responses if r.success]
+    busy = [r for r in responses if not r.success]
+    assert answered, [r.error for r in responses]
+    assert all(r.error.startswith('BUSY: ') and ERROR_RE.match(r.error) for r in busy), [r.error for r in busy]
+    assert len(answered) + len(busy) == 8
+    # One question runs (max_concurrent_queries 1, >= 64 new tokens); the others came meanwhile.
+    assert busy, 'no BUSY: the 8 questions ran one after another'
+
+
+@pytest.mark.parametrize('fields, code', [
+    ({'question': ''}, 'EMPTY_QUESTION'),
+    ({'question': '   \n\t '}, 'EMPTY_QUESTION'),
+    ({'question': 'x' * (TINY['max_question_chars'] + 1)}, 'QUESTION_TOO_LONG'),
+    ({'question': 'How far?', 'answer_type': 'essay'}, 'BAD_ANSWER_TYPE'),
+    ({'question': 'How far?', 'max_new_tokens': TINY['max_new_tokens_limit'] + 1}, 'BAD_MAX_NEW_TOKENS'),
+    ({'question': 'How far?', 'max_frames': TINY['window_capacity'] + 1}, 'BAD_MAX_FRAMES'),
+    ({'question': 'How far?', 'window_seconds': -1.0}, 'BAD_WINDOW'),
+], ids=['empty', 'blank', 'too-long', 'answer-type', 'max-new-tokens', 'max-frames', 'window'])
+def test_bad_requests_get_stable_error_codes(client, fields, code):
+    response = client.ask(**fields)
+    assert response.success is False
+    assert response.error.startswith(f'{code}: ') and ERROR_RE.match(response.error), response.error
+    assert response.answer == '' and math.isnan(response.value)
+
+
+def malformed_images(stamp):
+    unknown = make_image(8, 6, stamp, encoding='rgb8')
+    unknown.encoding = '16UC1'
+    step = make_image(8, 6, stamp)
+    step.step = 8 * 3 - 1
+    truncated = make_image(8, 6, stamp)
+    truncated.data = bytes(truncated.data)[:-5]
+    zero = make_image(8, 6, stamp)
+    zero.width = zero.height = 0
+    zero.step = 0
+    zero.data = b''
+    huge = make_image(8, 1, stamp)  # claims 8000x8000 (192 MB): refused from the header
+    huge.width = huge.height = 8000
+    huge.step = 8000 * 3
+    return {'unknown encoding': unknown, 'step mismatch': step, 'truncated data': truncated, 'zero size': zero,
+            '8000x8000': huge}
+
+
+def test_malformed_images_are_rejected_and_counted_while_serving(client):
+    before = client.state
+    images = malformed_images(client.next_stamp_ns)
+    for msg in images.values():
+        client.publish_raw(msg)
+        client.executor.spin_once(timeout_sec=0.05)
+    client.spin_until(lambda: client.state.frames_rejected == before.frames_rejected + len(images),
+                      f'{len(images)} malformed images rejected')
+    assert client.state.frames_processed == before.frames_processed
+    # A frame older than the last one is refused too (a time jump needs ~/reset).
+    client.publish_raw(make_image(16, 12, STAMP0_NS - 10**9))
+    client.spin_until(lambda: client.state.frames_rejected == before.frames_rejected + len(images) + 1,
+                      'a frame with an older stamp rejected')
+    # ... and the node still serves: a good frame is processed, a question answered.
+    stamps = client.publish_frames(1)
+    client.spin_until(lambda: stamp_ns(client.state.header.stamp) == stamps[0], 'a good frame after bad ones')
+    assert client.state.frames_processed == before.frames_processed + 1
+    assert client.ask(max_frames=1).success is True
+
+
+def test_reset_starts_a_new_segment(client):
+    before = client.wait_state(lambda s: s.window_size > 0, 'a non-empty window')
+    response = client.call(client.reset_client, Trigger.Request(), 'reset')
+    assert response.success is True, response.message
+    state = client.wait_state(lambda s: s.segment_id == before.segment_id + 1, 'segment id + 1 in ~/state')
+    assert state.window_size == 0
+    assert client.ask().error.startswith('NO_FRAMES: ')
+    # A new segment may start its stamps anew.
+    client.next_stamp_ns = STAMP0_NS
+    client.publish_frames(1)
+    client.wait_state(lambda s: s.window_size == 1, 'the first frame of the new segment')
+    assert client.ask(max_frames=1).success is True
+
+
+def set_parameters(client, **values):
+    request = SetParameters.Request(parameters=[parameter(k, v) for k, v in values.items()])
+    return client.call(client.set_client, request, f'set {values}').results
+
+
+@pytest.mark.parametrize('name, value, reason', [
+    ('path_max_length', 0, 'path_max_length'),  # out of its integer range
+    ('path_max_length', 'ten', 'parameter type'),  # wrong type (rclpy's own reason)
+    ('world_frame_id', '/world with spaces', 'tf2 frame id'),
+    ('world_frame_id', '', 'tf2 frame id'),
+    ('window_capacity', 8, 'read-only'),
+    ('image_qos_reliability', 'reliable', 'read-only'),
+])
+def test_parameters_are_validated_on_set(client, name, value, reason):
+    (result,) = set_parameters(client, **{name: value})
+    assert result.successful is False
+    assert reason in result.reason, result.reason
+
+
+def test_valid_parameter_changes_apply_at_run_time(client):
+    (result,) = set_parameters(client, path_max_length=3)
+    assert result.successful is True, result.reason
+    values = client.call(client.get_client, GetParameters.Request(names=['path_max_length', 'window_capacity']),
+                         'get_parameters').values
+    assert (values[0].integer_value, values[1].integer_value) == (3, TINY['window_capacity'])
+    client.publish_frames(5)
+    client.spin_until(lambda: client.settled(client.state.frames_received) and client.paths
+                      and stamp_ns(client.paths[-1].header.stamp) == stamp_ns(client.state.header.stamp),
+                      'path after the change')
+    assert 1 <= len(client.paths[-1].poses) <= 3
+
+
+def test_shipped_transport_setting_delivers_large_best_effort_frames(client, children):
+    """432x432 rgb8 (547 KiB) at 20 Hz, best effort, from a third process using the shipped
+    Fast DDS profile (the sender's setting is the one that matters)."""
+    count = 60
+    client.call(client.reset_client, Trigger.Request(), 'reset before the large frames')
+    before = client.state.frames_received
+    publisher = children('node_image_publisher.py', f'{NS}/image', count, 20.0, 432, 432, 'best_effort',
+                         env={'FASTDDS_DEFAULT_PROFILES_FILE': str(fastdds_profile_path())})
+    client.spin_until(lambda: not publisher.running(), 'the large-frame publisher finishes', timeout=90)
+    assert publisher.proc.returncode == 0, publisher.describe()
+    received = lambda: client.state.frames_received - before  # noqa: E731
+    client.spin_until(lambda: client.settled(client.state.frames_received), 'large frames settled')
+    # Without the profile most of these frames are lost (see config/fastdds_large_data.xml).
+    assert received() >= 0.9 * count, f'only {received()} of {count} large frames arrived'
+    assert client.state.frames_processed >= 1
+
+
+def test_sigint_shuts_the_node_down_cleanly(client, node_proc):
+    node_proc.proc.send_signal(signal.SIGINT)
+    code = node_proc.wait(15.0)
+    assert code == 0, f'exit status {code} after SIGINT. {node_proc.describe()}'
+    output = node_proc.output()
+    assert 'shutting down' in output and 'Traceback' not in output, output[-3000:]
+
+
+def test_start_errors_and_sigterm(children):
+    """Empty weight paths are refused naming the parameter; a bad value at start is refused
+    with the reason (through the `ros2 run` executable); an unconfigured node (autostart
+    false) stops on SIGTERM with status 0."""
+    real = children('node_vlm3r.py', '--ros-args', '--params-file', ROOT / 'config' / 'vlm3r.yaml',
+                    '-r', '__ns:=/vlm3r_test_real')
+    ros2_run_executable = Path(sys.prefix) / 'lib' / 'vlm3r_ros' / 'vlm3r_node'
+    bad = children(ros2_run_executable, '--ros-args', '-p', 'image_qos_reliability:=sometimes',
+                   '-r', '__ns:=/vlm3r_test_bad')
+    idle = children('node_vlm3r.py', '--ros-args', '-p', 'autostart:=false', '-r', '__ns:=/vlm3r_test_idle')
+    assert real.wait(START_TIMEOUT_S) == 1, real.describe()
+    assert "parameter 'cut3r_weights' is empty" in real.output(), real.output()
+    assert bad.wait(START_TIMEOUT_S) == 2, bad.describe()
+    assert 'image_qos_reliability must be one of best_effort, reliable' in bad.output(), bad.output()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while 'autostart is false' not in idle.output():
+        assert idle.running() and time.monotonic() < deadline, idle.describe()
+        time.sleep(0.1)
+    idle.proc.send_signal(signal.SIGTERM)
+    assert idle.wait(15.0) == 0, idle.describe()
