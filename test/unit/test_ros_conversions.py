@@ -108,11 +108,17 @@ def test_compressed_jpeg_and_grey_decode_to_rgb():
 
 @pytest.mark.parametrize('data, reason', [
     (b'', 'no data'),
-    (b'not an image at all', 'cannot decode'),
+    (b'not an image at all', 'not a jpeg or png image'),
 ], ids=['empty', 'garbage'])
 def test_bad_compressed_data_is_refused(data, reason):
     with pytest.raises(EngineError, match=reason):
         conv.compressed_image_to_rgb(CompressedImage(format='jpeg', data=data))
+
+
+def test_truncated_jpeg_is_refused():
+    data = compressed(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8), 'JPEG').data
+    with pytest.raises(EngineError, match='cannot decode'):
+        conv.compressed_image_to_rgb(CompressedImage(format='jpeg', data=bytes(data)[:len(data) // 2]))
 
 
 def test_compressed_size_checked_before_decoding():

@@ -91,6 +91,9 @@ def compressed_image_to_rgb(msg: CompressedImage, max_pixels: int = MAX_IMAGE_PI
             rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except EngineError:
         raise
+    except PilImage.UnidentifiedImageError:
+        raise EngineError("BAD_IMAGE", f"the compressed data ({len(data)} bytes, declared {msg.format!r}) is "
+                                       f"not a jpeg or png image") from None
     except (OSError, ValueError, SyntaxError, PilImage.DecompressionBombError) as exc:
         raise EngineError("BAD_IMAGE", f"cannot decode the compressed image ({msg.format!r}): {exc}") from None
     return np.ascontiguousarray(rgb)
