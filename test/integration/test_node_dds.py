@@ -7,6 +7,7 @@ frames and calls the services; test/fixtures/node_image_publisher.py publishes l
 frames from a third process with the shipped Fast DDS profile. Every wait is bounded; no
 assertion is about timing.
 """
+import io
 import math
 import os
 import re
@@ -16,18 +17,21 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import rclpy
 import yaml
+from PIL import Image as PilImage
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
-from lifecycle_msgs.srv import GetState
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
 from nav_msgs.msg import Path as PathMsg
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
 from vlm3r_ros.msg import SpatialState
@@ -106,7 +110,8 @@ def children(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def node_proc(children):
-    return children('node_vlm3r.py', '--ros-args', '--params-file', TINY_YAML, '-r', f'__ns:={NS}')
+    return children('node_vlm3r.py', '--ros-args', '--params-file', TINY_YAML, '-r', f'__ns:={NS}',
+                    '-p', 'compressed_image_topic:=image/compressed')
 
 
 # ------------------------------------------------------------------ this process's client
@@ -128,11 +133,14 @@ class Client:
         n.create_subscription(DiagnosticArray, '/diagnostics', self.diagnostics.append, 10)
         self.images = n.create_publisher(Image, f'{NS}/image',
                                          QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
+        self.compressed = n.create_publisher(CompressedImage, f'{NS}/image/compressed',
+                                             QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
         self.query_client = n.create_client(SpatialQuery, f'{NS}/spatial_query')
         self.reset_client = n.create_client(Trigger, f'{NODE}/reset')
         self.set_client = n.create_client(SetParameters, f'{NODE}/set_parameters')
         self.get_client = n.create_client(GetParameters, f'{NODE}/get_parameters')
         self.state_client = n.create_client(GetState, f'{NODE}/get_state')
+        self.change_client = n.create_client(ChangeState, f'{NODE}/change_state')
         self.next_stamp_ns = STAMP0_NS
 
     def close(self):
@@ -425,6 +433,37 @@ def test_shipped_transport_setting_delivers_large_best_effort_frames(client, chi
     # Without the profile most of these frames are lost (see config/fastdds_large_data.xml).
     assert received() >= 0.9 * count, f'only {received()} of {count} large frames arrived'
     assert client.state.frames_processed >= 1
+
+
+def test_compressed_images_are_decoded_or_rejected(client):
+    before = client.state
+    client.spin_until(lambda: client.compressed.get_subscription_count() > 0, 'compressed subscription')
+    buf = io.BytesIO()
+    PilImage.fromarray(np.full((48, 64, 3), 90, dtype=np.uint8)).save(buf, format='PNG')
+    good = CompressedImage(format='png', data=buf.getvalue())
+    good.header.stamp.sec = 3000  # after the large frames' stamps (2000 s + ...)
+    bad = CompressedImage(format='jpeg', data=b'\xff\xd8 not really a jpeg')
+    bad.header.stamp = good.header.stamp
+    client.compressed.publish(bad)
+    client.compressed.publish(good)
+    client.spin_until(lambda: client.state.frames_rejected == before.frames_rejected + 1
+                      and stamp_ns(client.state.header.stamp) == stamp_ns(good.header.stamp),
+                      'one compressed frame rejected, one processed')
+    assert client.state.frames_received == before.frames_received + 2
+
+
+def change_state(client, transition):
+    request = ChangeState.Request(transition=Transition(id=transition))
+    return client.call(client.change_client, request, f'lifecycle transition {transition}').success
+
+
+def test_lifecycle_deactivate_and_activate(client):
+    assert change_state(client, Transition.TRANSITION_DEACTIVATE) is True
+    response = client.ask()
+    assert response.error.startswith('NOT_ACTIVE: ') and ERROR_RE.match(response.error)
+    assert client.call(client.reset_client, Trigger.Request(), 'reset while inactive').success is False
+    assert change_state(client, Transition.TRANSITION_ACTIVATE) is True
+    assert client.ask(max_frames=1).success is True  # the window survived
 
 
 def test_sigint_shuts_the_node_down_cleanly(client, node_proc):
