@@ -195,3 +195,54 @@ def test_ros2_run_executable_is_installed():
     assert 'from vlm3r_ros.ros.main import main' in path.read_text()
     assert path.read_text() == (ROOT / 'scripts' / 'vlm3r_node').read_text(), 'stale: run make setup'
 
+
+
+# ------------------------------------------------------------------ weights settings
+def settings(**overrides):
+    values = {p.name: p.default for p in PARAMETERS}
+    values.update(overrides)
+    return NodeSettings(**{k: values[k] for k in NodeSettings.__dataclass_fields__})
+
+
+def test_real_weights_need_every_path_and_name_the_missing_one(tmp_path):
+    from vlm3r_ros.ros.node import ConfigError, build_engine
+
+    with pytest.raises(ConfigError, match="parameter 'cut3r_weights' is empty.*model_source to tiny_random"):
+        build_engine(settings(device='cpu'))
+    cut3r = tmp_path / 'cut3r.safetensors'
+    cut3r.write_bytes(b'not a checkpoint')
+    with pytest.raises(ConfigError, match="parameter 'vlm_base_dir' is empty"):
+        build_engine(settings(device='cpu', cut3r_weights=str(cut3r)))
+    with pytest.raises(ConfigError, match="parameter 'vlm_adapter_dir' = '/nonexistent/lora': no such file"):
+        build_engine(settings(device='cpu', cut3r_weights=str(cut3r), vlm_base_dir=str(tmp_path),
+                              vlm_adapter_dir='/nonexistent/lora'))
+
+
+def test_unreadable_weights_are_a_configuration_error(tmp_path):
+    from vlm3r_ros.models.vlm.tokenizer import save_tokenizer_json
+    from vlm3r_ros.ros.node import ConfigError, build_engine
+
+    cut3r = tmp_path / 'cut3r.safetensors'
+    cut3r.write_bytes(b'not a checkpoint')
+    save_tokenizer_json(tmp_path)
+    with pytest.raises(ConfigError, match='cannot load the weights'):
+        build_engine(settings(device='cpu', cut3r_weights=str(cut3r), vlm_base_dir=str(tmp_path),
+                              vlm_adapter_dir=str(tmp_path)))
+
+
+def test_inconsistent_window_settings_are_refused_before_loading():
+    from vlm3r_ros.ros.node import ConfigError, build_engine
+
+    with pytest.raises(ConfigError, match='default_max_frames must be in 1..window_capacity'):
+        build_engine(settings(model_source='tiny_random', window_capacity=4, default_max_frames=8))
+
+
+def test_cuda_without_a_gpu_is_refused():
+    import torch
+
+    from vlm3r_ros.ros.node import ConfigError, build_engine
+
+    if torch.cuda.is_available():
+        pytest.skip('this machine has CUDA')
+    with pytest.raises(ConfigError, match="device is 'cuda:0' but this torch has no CUDA device"):
+        build_engine(settings(model_source='tiny_random', device='cuda:0'))
