@@ -46,7 +46,6 @@ import traceback
 from dataclasses import dataclass, fields
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Pose
 from nav_msgs.msg import Path
@@ -510,8 +509,9 @@ class SpatialNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         result = super().on_activate(state)
         topics = ", ".join(sub.topic_name for sub in self._image_subs)
+        service = self.resolve_service_name(self._service_list[0].srv_name)
         self.get_logger().info(f"active: listening on {topics} ({self.settings.image_qos_reliability}, depth "
-                               f"{self.settings.image_qos_depth}); serving {self.resolve_service_name(self._service_list[0].srv_name)}")
+                               f"{self.settings.image_qos_depth}); serving {service}")
         self._publish_state()
         return result
 
@@ -521,7 +521,7 @@ class SpatialNode(LifecycleNode):
                          reliability=ReliabilityPolicy.BEST_EFFORT if s.image_qos_reliability == "best_effort"
                          else ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
         self._image_subs = [self.create_subscription(Image, s.image_topic, self._on_image, qos,
-                                                         callback_group=self._image_group)]
+                                                     callback_group=self._image_group)]
         if s.compressed_image_topic:
             self._image_subs.append(self.create_subscription(
                 CompressedImage, s.compressed_image_topic, self._on_compressed_image, qos,
@@ -529,9 +529,10 @@ class SpatialNode(LifecycleNode):
         self._stop.clear()
         self._worker = threading.Thread(target=self._run_worker, name="vlm3r_worker")
         self._worker.start()
-        self._timer_list = [self.create_timer(s.state_period, self._publish_state, callback_group=self._timer_group),
-                         self.create_timer(s.diagnostics_period, self._publish_diagnostics,
-                                           callback_group=self._timer_group)]
+        self._timer_list = [
+            self.create_timer(s.state_period, self._publish_state, callback_group=self._timer_group),
+            self.create_timer(s.diagnostics_period, self._publish_diagnostics, callback_group=self._timer_group),
+        ]
         self._active = True
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
