@@ -193,7 +193,8 @@ def _read_safetensors(path: Path, config: Cut3rConfig | None):
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            state_dict = {k: f.get_tensor(k) for k in f.keys()}
+            # clone: safetensors maps the file, and a model must own its weights
+            state_dict = {k: f.get_tensor(k).clone() for k in f.keys()}
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     if config is None:

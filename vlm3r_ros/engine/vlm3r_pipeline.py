@@ -25,11 +25,10 @@ from vlm3r_ros.models.cut3r import Cut3rModel
 from vlm3r_ros.models.cut3r.processing import preprocess_siglip, siglip_to_cut3r
 from vlm3r_ros.models.vlm.answers import ParsedAnswer, parse_answer
 from vlm3r_ros.models.vlm.modeling_vlm3r import Vlm3rInputError, Vlm3rModel
-from vlm3r_ros.models.vlm.prompting import build_prompt, tokenize_with_image
+from vlm3r_ros.models.vlm.prompting import (EVAL_MAX_NEW_TOKENS, build_prompt, decode_reply, stop_token_ids,
+                                             tokenize_with_image)
 
 EVAL_NUM_FRAMES = 32  # lmms-eval max_frames_num for VSI-Bench / VSTI-Bench
-EVAL_MAX_NEW_TOKENS = 16  # the task YAMLs
-IM_END = "<|im_end|>"
 
 
 @dataclass
@@ -74,8 +73,7 @@ class Vlm3rPipeline:
         self.cut3r = cut3r
         self.tokenizer = tokenizer
         self.with_geometry = with_geometry
-        self.stop_ids = tuple(i for i in (_token_id(tokenizer, IM_END), _token_id(tokenizer, "<|endoftext|>"))
-                              if i is not None)
+        self.stop_ids = stop_token_ids(tokenizer)  # <|im_end|>, as the official KeywordsStoppingCriteria
 
     def new_stream(self) -> Cut3rStream:
         return Cut3rStream(self.cut3r, preprocessing="vlm3r")
@@ -89,6 +87,8 @@ class Vlm3rPipeline:
         step = stream.step(siglip_to_cut3r(siglip), with_heads=self.with_geometry)
         pooled = self.vlm.frame_features(siglip[None], step.camera_token[None], step.patch_tokens[None])[0]
         c2w = step.heads.camera_c2w[0] if step.heads is not None else None
+        if pooled.device.type == "cuda":
+            torch.cuda.synchronize(pooled.device)  # so ingest_seconds covers the VLM half too
         return FrameFeatures(pooled, step.camera_token, c2w, time.perf_counter() - start)
 
     # ---------------------------------------------------------- per question
@@ -100,15 +100,15 @@ class Vlm3rPipeline:
         if isinstance(frames, torch.Tensor):
             pooled = frames
         else:
-            if not frames:
-                raise Vlm3rInputError("no frames to answer about")
-            pooled = torch.stack([f.visual_tokens for f in frames])
+            pooled = torch.stack([f.visual_tokens for f in frames]) if frames else None
+        if pooled is None or pooled.ndim != 3 or pooled.shape[0] == 0:
+            raise Vlm3rInputError("no frames to answer about")
         if max_new_tokens < 1:
             raise Vlm3rInputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         prompt = build_prompt(question, options)
         ids = tokenize_with_image(prompt, self.tokenizer)
         gen = self.vlm.generate(ids, pooled, max_new_tokens=max_new_tokens, stop_token_ids=self.stop_ids)
-        text = _decode(self.tokenizer, gen.token_ids).strip()
+        text = decode_reply(gen.token_ids, self.tokenizer)
         parsed = parse_answer(text, options, answer_type)
         return Vlm3rAnswer(text=text, parsed=parsed, frames_used=pooled.shape[0], prompt_tokens=gen.prompt_tokens,
                            visual_tokens=gen.visual_tokens, new_tokens=len(gen.token_ids),
@@ -128,18 +128,3 @@ class Vlm3rPipeline:
                 progress(len(features), len(indices))
         return self.answer(features, question, options, **kwargs)
 
-
-def _token_id(tokenizer, token: str) -> int | None:
-    for attr in ("token_to_id", "convert_tokens_to_ids"):
-        fn = getattr(tokenizer, attr, None)
-        if fn is not None:
-            value = fn(token)
-            return value if isinstance(value, int) and value >= 0 else None
-    return None
-
-
-def _decode(tokenizer, ids: list[int]) -> str:
-    try:
-        return tokenizer.decode(ids, skip_special_tokens=True)
-    except TypeError:
-        return tokenizer.decode(ids)

@@ -175,7 +175,7 @@ def load_models(args, device: torch.device, dtype: torch.dtype) -> LoadedModels:
         from vlm3r_ros.models.vlm.tokenizer import build_qwen2_tokenizer
 
         tokenizer = _tokenizer_call(build_qwen2_tokenizer)
-        vlm = random_vlm3r(TINY_VLM3R, seed=args.seed).to(device=device, dtype=dtype)
+        vlm = random_vlm3r(TINY_VLM3R, seed=args.seed).to(device=device).to_dtype(dtype)
         cut3r = load_model(None, tiny_random=True, device=device, dtype=dtype, seed=args.seed)
         label = f"tiny-random (seed {args.seed})"
     else:

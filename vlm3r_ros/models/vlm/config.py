@@ -116,13 +116,19 @@ class Vlm3rConfig:
         if "mm_hidden_size" in doc:
             kw["vision"] = replace(SiglipSettings(), hidden_size=int(doc["mm_hidden_size"]))
         if "spatial_tower_select_feature" in doc:
-            kw["select_feature"] = doc["spatial_tower_select_feature"]
+            # The training script passes "all_tokens", which the official encode_images rejects;
+            # the run is named "..._all_tokens_..." and the paper concatenates F' and z', so read
+            # it as "all" (camera token first).
+            select = doc["spatial_tower_select_feature"]
+            kw["select_feature"] = "all" if select == "all_tokens" else select
         if "spatial_feature_dim" in doc:
             kw["spatial_dim"] = int(doc["spatial_feature_dim"])
-        if doc.get("mm_spatial_pool_mode") in POOL_MODES:
-            kw["pool_mode"] = doc["mm_spatial_pool_mode"]
-        if doc.get("mm_newline_position") in NEWLINE_MODES:
-            kw["newline_mode"] = doc["mm_newline_position"]
+        for key, name, allowed in (("mm_spatial_pool_mode", "pool_mode", POOL_MODES),
+                                   ("mm_newline_position", "newline_mode", NEWLINE_MODES)):
+            if key in doc:
+                if doc[key] not in allowed:
+                    raise Vlm3rConfigError(f"{key}={doc[key]!r} is not supported; expected one of {allowed}")
+                kw[name] = doc[key]
         if "tokenizer_model_max_length" in doc:
             kw["max_context_tokens"] = int(doc["tokenizer_model_max_length"])
         kw.update(overrides)

@@ -85,6 +85,13 @@ class Vlm3rModel(nn.Module):
     def device(self) -> torch.device:
         return self.image_newline.device
 
+    def to_dtype(self, dtype: torch.dtype) -> "Vlm3rModel":
+        """Cast the parameters only: buffers such as Qwen2's RoPE ``inv_freq`` stay float32
+        (``.to(float16)`` would round the smallest frequencies below float16's normal range)."""
+        for param in self.parameters():
+            param.data = param.data.to(dtype)
+        return self
+
     @property
     def dtype(self) -> torch.dtype:
         return self.image_newline.dtype
@@ -137,7 +144,7 @@ class Vlm3rModel(nn.Module):
         """Greedy decoding (the official eval setting) from a prompt with one ``<image>`` token."""
         visual = self.visual_sequence(pooled_frames)
         embeds = self.splice(input_ids, visual)
-        total = embeds.shape[0] + max_new_tokens
+        total = embeds.shape[0] + max_new_tokens - 1  # the last generated token is never fed back
         if total > self.config.max_context_tokens:
             raise Vlm3rInputError(
                 f"{embeds.shape[0]} prompt tokens ({visual.shape[0]} visual) + {max_new_tokens} new tokens exceed "
