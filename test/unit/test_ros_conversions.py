@@ -206,6 +206,17 @@ def test_camera_moved_forward_is_world_x():
     assert (pose.position.x, pose.position.y, pose.position.z) == pytest.approx((2.0, -0.5, 0.25))
 
 
+def test_points_follow_the_camera_pose_convention():
+    """A point 2 m in front of the first camera and 0.5 m to its right is at world
+    (2, -0.5, 0), the same place pose_from_c2w puts a camera moved there."""
+    np.testing.assert_allclose(conv.points_to_world(torch.tensor([[0.5, 0.0, 2.0]])), [[2.0, -0.5, 0.0]])
+    c2w = np.eye(4)
+    c2w[:3, 3] = [0.5, 0.0, 2.0]
+    pose = conv.pose_from_c2w(c2w)
+    assert (pose.position.x, pose.position.y, pose.position.z) == pytest.approx((2.0, -0.5, 0.0))
+    assert conv.points_to_world(np.zeros((4, 5, 3))).shape == (4, 5, 3)
+
+
 def test_pose_conversion_refuses_bad_shapes():
     with pytest.raises(ValueError, match=r'\(4, 4\)'):
         conv.pose_from_c2w(np.eye(3))

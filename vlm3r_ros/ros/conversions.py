@@ -183,6 +183,11 @@ def header(stamp_ns: int, frame_id: str) -> Header:
 
 
 # ------------------------------------------------------------------ point clouds
+def points_to_world(points_optical) -> np.ndarray:
+    """(..., 3) points in CUT3R's world (the first camera's optical frame) -> the REP 103 world."""
+    return to_numpy(points_optical) @ OPTICAL_TO_WORLD.T
+
+
 def decimate_points(points, colors=None, max_points: int = 5000, confidence=None,
                     min_confidence: float = 0.0) -> tuple[np.ndarray, np.ndarray | None]:
     """Flatten, drop non-finite (and low-confidence) points, keep at most ``max_points``.

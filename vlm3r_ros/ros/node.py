@@ -678,12 +678,13 @@ class SpatialNode(LifecycleNode):
                 self._last_pose = pose
             self._pubs["path"].publish(path)
         # The engine's IngestResult carries no points yet; ~/points is published once it
-        # returns points_world (N, 3) and colors (N, 3) (see the README).
+        # returns points_world (..., 3) in CUT3R's world and colors (..., 3) (see the README).
         points = getattr(result, "points_world", None)
         if points is not None and self._param("publish_points"):
             xyz, rgb = conversions.decimate_points(points, getattr(result, "colors", None),
                                                    max_points=self._param("points_max"))
-            self._pubs["points"].publish(conversions.point_cloud2(xyz, rgb, frame.stamp_ns, world))
+            cloud = conversions.point_cloud2(conversions.points_to_world(xyz), rgb, frame.stamp_ns, world)
+            self._pubs["points"].publish(cloud)
         with self._lock:
             c = self._counters
             c.processed += 1
