@@ -31,11 +31,12 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 
 from vlm3r_ros.msg import SpatialState
 from vlm3r_ros.ros import fastdds_profile_path
+from vlm3r_ros.ros.conversions import point_cloud2_to_arrays
 from vlm3r_ros.srv import SpatialQuery
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
@@ -125,12 +126,15 @@ class Client:
         self.node = rclpy.create_node('vlm3r_node_test_client', context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self.states, self.poses, self.paths, self.diagnostics = [], [], [], []
+        self.states, self.poses, self.paths, self.diagnostics, self.clouds = [], [], [], [], []
         n = self.node
         n.create_subscription(SpatialState, f'{NODE}/state', self.states.append, STATE_QOS)
         n.create_subscription(PoseStamped, f'{NODE}/pose', self.poses.append, 50)
         n.create_subscription(PathMsg, f'{NODE}/path', self.paths.append, STATE_QOS)
         n.create_subscription(DiagnosticArray, '/diagnostics', self.diagnostics.append, 10)
+        n.create_subscription(PointCloud2, f'{NODE}/points', self.clouds.append,
+                              QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE,
+                                         durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self.images = n.create_publisher(Image, f'{NS}/image',
                                          QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
         self.compressed = n.create_publisher(CompressedImage, f'{NS}/image/compressed',
@@ -269,6 +273,14 @@ def test_frames_flow_and_are_counted(client):
     path = client.paths[-1]
     assert path.header.frame_id == 'vlm3r_world' and stamp_ns(path.header.stamp) == stamps[-1]
     assert [p.header.stamp for p in path.poses] == [p.header.stamp for p in client.poses]
+    # ~/points: CUT3R's world points of a processed frame, coloured, in the world frame
+    client.spin_until(lambda: any(stamp_ns(c.header.stamp) == stamps[-1] for c in client.clouds),
+                      '~/points for the last frame')
+    cloud = next(c for c in client.clouds if stamp_ns(c.header.stamp) == stamps[-1])
+    assert cloud.header.frame_id == 'vlm3r_world'
+    xyz, rgb = point_cloud2_to_arrays(cloud)
+    assert 0 < len(xyz) <= 5000 and np.isfinite(xyz).all() and rgb.shape == (len(xyz), 3)
+    assert len(np.unique(rgb, axis=0)) > 1  # coloured from the image, not a constant
 
     def diagnostics_with_frames():
         for array in client.diagnostics:

@@ -19,7 +19,7 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -84,6 +84,9 @@ class IngestResult:
     kept: bool  # stored in the window (keyframe policy)
     c2w: torch.Tensor | None  # (4, 4) camera-to-world, when geometry is on
     segment_id: int
+    points_world: torch.Tensor | None = None  # (H, W, 3) world points, when geometry is on
+    colors: torch.Tensor | None = None  # (H, W, 3) the model's input colours in [-1, 1]
+    confidence: torch.Tensor | None = None  # (H, W) point confidence >= 1
 
 
 @dataclass
@@ -131,9 +134,13 @@ class SpatialEngine:
             features = self.pipeline.ingest(image, stream)  # the model runs outside the lock
         except (ImageFormatError, Vlm3rInputError, ValueError) as exc:
             raise EngineError("BAD_IMAGE", str(exc)) from None
+        geometry = (features.points_world, features.colors, features.confidence)
+        # the window keeps only what questions need (tokens, camera token, pose)
+        features = replace(features, points_world=None, colors=None, confidence=None)
         with self._lock:
             if segment != self._stats.segment_id:  # a reset happened meanwhile: drop this frame
-                return IngestResult(-1, stamp_ns, features.ingest_seconds, False, features.c2w, self._stats.segment_id)
+                return IngestResult(-1, stamp_ns, features.ingest_seconds, False, features.c2w,
+                                    self._stats.segment_id, *geometry)
             index = self._stats.segment_frames
             kept = index % self.config.keyframe_stride == 0
             if kept:
@@ -143,7 +150,7 @@ class SpatialEngine:
             self._stats.last_step_seconds = features.ingest_seconds
             self._stats.last_c2w = features.c2w
             self._stats.bytes_per_frame = features.nbytes()
-            return IngestResult(index, int(stamp_ns), features.ingest_seconds, kept, features.c2w, segment)
+            return IngestResult(index, int(stamp_ns), features.ingest_seconds, kept, features.c2w, segment, *geometry)
 
     # ----------------------------------------------------------------- query
     def query(self, question: str, options: list[str] | None = None, *, answer_type: str = "",

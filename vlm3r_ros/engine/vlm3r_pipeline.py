@@ -39,6 +39,10 @@ class FrameFeatures:
     camera_token: torch.Tensor  # (1, Dc) CUT3R z'_t
     c2w: torch.Tensor | None = None  # (4, 4) camera-to-world, when heads were run
     ingest_seconds: float = 0.0
+    # Transient per-frame geometry (only with with_geometry); not meant to be stored in a window.
+    points_world: torch.Tensor | None = field(default=None, repr=False)  # (H, W, 3) CUT3R world frame
+    colors: torch.Tensor | None = field(default=None, repr=False)  # (H, W, 3) model input in [-1, 1]
+    confidence: torch.Tensor | None = field(default=None, repr=False)  # (H, W) >= 1
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.visual_tokens, self.camera_token)
@@ -86,10 +90,15 @@ class Vlm3rPipeline:
         siglip = preprocess_siglip(image)  # (3, 384, 384), validates the image
         step = stream.step(siglip_to_cut3r(siglip), with_heads=self.with_geometry)
         pooled = self.vlm.frame_features(siglip[None], step.camera_token[None], step.patch_tokens[None])[0]
-        c2w = step.heads.camera_c2w[0] if step.heads is not None else None
         if pooled.device.type == "cuda":
             torch.cuda.synchronize(pooled.device)  # so ingest_seconds covers the VLM half too
-        return FrameFeatures(pooled, step.camera_token, c2w, time.perf_counter() - start)
+        features = FrameFeatures(pooled, step.camera_token, ingest_seconds=time.perf_counter() - start)
+        if step.heads is not None:
+            h = step.heads
+            features.c2w = h.camera_c2w[0]
+            features.points_world, features.confidence = h.pts3d_in_other_view[0], h.conf[0]
+            features.colors = step.image.permute(1, 2, 0)
+        return features
 
     # ---------------------------------------------------------- per question
     @torch.inference_mode()

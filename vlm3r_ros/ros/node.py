@@ -62,6 +62,7 @@ from vlm3r_ros.ros import conversions
 from vlm3r_ros.srv import SpatialQuery
 
 NODE_NAME = "vlm3r_node"
+POINTS_MIN_CONFIDENCE = 1.5  # CUT3R demo's point-cloud threshold (confidence >= 1 by construction)
 
 
 # ---------------------------------------------------------------------------------- parameters
@@ -312,7 +313,7 @@ def build_engine(settings: NodeSettings):
             cut3r_random = random_cut3r("tiny_dpt", seed=settings.random_seed)
             # The loading path real weights take (float32 heads under half precision).
             cut3r = build_cut3r(cut3r_random.config, cut3r_random.state_dict(), device=device, dtype=dtype)
-            vlm = random_vlm3r(seed=settings.random_seed).to(device=device, dtype=dtype)
+            vlm = random_vlm3r(seed=settings.random_seed).to(device=device).to_dtype(dtype)
         else:
             for name in _WEIGHT_PATHS:
                 value = getattr(settings, name)
@@ -677,12 +678,10 @@ class SpatialNode(LifecycleNode):
                 path = Path(header=conversions.header(frame.stamp_ns, world), poses=list(self._path))
                 self._last_pose = pose
             self._pubs["path"].publish(path)
-        # The engine's IngestResult carries no points yet; ~/points is published once it
-        # returns points_world (..., 3) in CUT3R's world and colors (..., 3) (see the README).
-        points = getattr(result, "points_world", None)
+        points = result.points_world  # None unless geometry output is on
         if points is not None and self._param("publish_points"):
-            xyz, rgb = conversions.decimate_points(points, getattr(result, "colors", None),
-                                                   max_points=self._param("points_max"))
+            xyz, rgb = conversions.decimate_points(points, result.colors, max_points=self._param("points_max"),
+                                                   confidence=result.confidence, min_confidence=POINTS_MIN_CONFIDENCE)
             cloud = conversions.point_cloud2(conversions.points_to_world(xyz), rgb, frame.stamp_ns, world)
             self._pubs["points"].publish(cloud)
         with self._lock:
