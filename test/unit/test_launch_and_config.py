@@ -244,5 +244,5 @@ def test_cuda_without_a_gpu_is_refused():
 
     if torch.cuda.is_available():
         pytest.skip('this machine has CUDA')
-    with pytest.raises(ConfigError, match="device is 'cuda:0' but this torch has no CUDA device"):
+    with pytest.raises(ConfigError, match="device 'cuda:0': CUDA is not available to this torch"):
         build_engine(settings(model_source='tiny_random', device='cuda:0'))

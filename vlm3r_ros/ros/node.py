@@ -257,18 +257,12 @@ def executor_threads(max_concurrent_queries: int) -> int:
 
 # ---------------------------------------------------------------------------------- engine
 def _resolve_device(name: str):
-    import torch
+    from vlm3r_ros.engine.devices import resolve_device
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device is {name!r} but this torch has no CUDA device "
-                              f"(torch {torch.__version__}); use device 'cpu' or 'auto'")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device is {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
-    return device
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _resolve_dtype(name: str, device):

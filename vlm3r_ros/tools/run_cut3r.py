@@ -166,16 +166,14 @@ def _read_image(path: Path) -> tuple[np.ndarray | None, str]:
 # ----------------------------------------------------------------------- model
 def parse_device(text: str) -> torch.device:
     """'cpu', 'cuda' or 'cuda:N' -> a usable torch.device (ToolError if it is not usable here)."""
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
-        raise ToolError(f"--device must be cpu, cuda or cuda:N, got {text!r}")
-    device = torch.device(text)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ToolError(f"--device {text}: CUDA is not available to this torch ({torch.__version__}); "
-                            f"use --device cpu or install a CUDA build of torch (see README.md)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ToolError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return device
+    from vlm3r_ros.engine.devices import resolve_device
+
+    if text == "auto":
+        raise ToolError("--device must be cpu, cuda or cuda:N, got 'auto'")
+    try:
+        return resolve_device(text)
+    except ValueError as exc:
+        raise ToolError(f"--{exc}") from None
 
 
 def load_model(weights: Path | None, *, tiny_random: bool = False, config_name: str | None = None,

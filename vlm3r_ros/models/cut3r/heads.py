@@ -164,6 +164,16 @@ def _final_transform(cfg: Cut3rConfig, rope: Cut3rRoPE2D) -> nn.ModuleList:
     ])
 
 
+def _split_and_modulate(last: torch.Tensor, blocks: nn.ModuleList, pos: torch.Tensor):
+    """(B, 1+N, D) last layer -> camera token (B, D), patch tokens (B, N, D), and the patch
+    tokens modulated by the camera token (input of the other-view head)."""
+    camera, patches = last[:, 0], last[:, 1:]
+    cross = patches
+    for blk in blocks:
+        cross = blk(cross, camera, pos)
+    return camera, patches, cross
+
+
 class Cut3rDPTHead(nn.Module):
     """DPT head of ``cut3r_512_dpt_4_64``: self-view points, other-view points, rgb, pose."""
 
@@ -183,10 +193,7 @@ class Cut3rDPTHead(nn.Module):
     def forward(self, hooks: list[torch.Tensor], image_hw: tuple[int, int], pos: torch.Tensor) -> dict:
         p = self.cfg.patch_size
         grid = (image_hw[0] // p, image_hw[1] // p)
-        camera, patches = hooks[-1][:, 0], hooks[-1][:, 1:]
-        cross = patches
-        for blk in self.final_transform:
-            cross = blk(cross, camera, pos)
+        camera, patches, cross = _split_and_modulate(hooks[-1], self.final_transform, pos)
         out = {}
         out["pts3d_in_self_view"], out["conf_self"] = _points_and_conf(
             self.dpt_self(hooks[:-1] + [patches], grid), self.cfg)
@@ -220,10 +227,7 @@ class Cut3rLinearHead(nn.Module):
         return F.pixel_shuffle(feat, p)
 
     def forward(self, hooks: list[torch.Tensor], image_hw: tuple[int, int], pos: torch.Tensor) -> dict:
-        camera, patches = hooks[-1][:, 0], hooks[-1][:, 1:]
-        cross = patches
-        for blk in self.final_transform:
-            cross = blk(cross, camera, pos)
+        camera, patches, cross = _split_and_modulate(hooks[-1], self.final_transform, pos)
         out = {}
         out["pts3d_in_self_view"], out["conf_self"] = _points_and_conf(
             self._unpatchify(self.proj(patches), image_hw), self.cfg, pos_z=True)
