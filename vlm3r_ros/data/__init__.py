@@ -1,0 +1,1 @@
+"""Spatial QA data: the scene graph, metadata files, and the QA generators (no ROS imports)."""
