@@ -141,7 +141,7 @@ def test_player_loops_with_source_stamps_reliable(ros_node, frames_dir, spawn_py
     images = []
     total = N_FRAMES + 3  # one full pass and three frames of the second
     qos = QoSProfile(depth=total * 2, reliability=ReliabilityPolicy.RELIABLE)
-    node.create_subscription(Image, 'image_raw', images.append, qos)
+    node.create_subscription(Image, 'image', images.append, qos)  # the default topic
 
     player = spawn_python(player_script(), '--input', frames_dir, '--qos', 'reliable', '--stamps', 'source',
                           '--loop', '--max-frames', total, '--encoding', 'bgr8', '--rate', '30',

@@ -266,7 +266,7 @@ def test_convert_errors(tmp_path, capsys):
 # ------------------------------------------------------------------------ demo
 def test_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / 'demo'
-    assert demo.main(['--out', str(out), '--frames', '3', '--no-progress']) == 0
+    assert demo.main(['--cut3r-only', '--out', str(out), '--frames', '3', '--no-progress']) == 0
     text = capsys.readouterr().out
     assert 'MEANINGLESS' in text and 'vlm3r-cut3r --weights' in text
     assert "camera token z'_t: 1x32" in text and '729x32' in text
@@ -276,5 +276,5 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert read_tum(out / 'cut3r' / 'trajectory.tum').shape == (3, 8)
     assert math.isfinite(json.loads((out / 'cut3r' / 'summary.json').read_text())['mean_step_seconds'])
     # a second run keeps the complete frames
-    assert demo.main(['--out', str(out), '--frames', '3', '--no-progress']) == 0
+    assert demo.main(['--cut3r-only', '--out', str(out), '--frames', '3', '--no-progress']) == 0
     assert 'already complete, kept' in capsys.readouterr().out

@@ -1,12 +1,12 @@
 """``vlm3r-play``: publish a video file, an image folder or generated frames as sensor_msgs/Image.
 
-    vlm3r-play --input VIDEO_OR_FOLDER [--rate HZ] [--loop] [--topic image_raw]
+    vlm3r-play --input VIDEO_OR_FOLDER [--rate HZ] [--loop] [--topic image]
     vlm3r-play --generated 60 --rate 10 --loop --camera-info
 
 A ``ros2 bag play`` for plain footage, so anyone can feed ``vlm3r-node`` (or any image
-consumer) without a camera or a ROS installation. Like a camera driver it publishes
-``image_raw``; ``vlm3r-node`` subscribes to ``image`` (its ``image_topic`` parameter), so
-feed it with ``vlm3r-play ... --topic image`` (or remap either side).
+consumer) without a camera or a ROS installation. It publishes on ``image``, the topic
+``vlm3r-node`` subscribes to by default (its ``image_topic`` parameter), so the two work
+together as they are; ``--topic /camera/image_raw`` imitates a camera driver.
 
 Input (one of):
   --input PATH      a video file (mp4, mov, mkv, avi, ...; decoded by imageio-ffmpeg), a folder
@@ -15,7 +15,7 @@ Input (one of):
   --generated N     N frames of the synthetic room of ``vlm3r_ros.tools.sample_data``, rendered
                     in memory at --size (nothing is downloaded or written).
 
-Output: ``sensor_msgs/Image`` on --topic (default ``image_raw``), encoding rgb8 by default
+Output: ``sensor_msgs/Image`` on --topic (default ``image``), encoding rgb8 by default
 (--encoding bgr8/rgba8/bgra8/mono8 to exercise a consumer), ``header.frame_id`` =
 --frame-id (default ``camera_optical_frame``: REP 103 optical axes, z forward, x right,
 y down). Stamps: ``now`` (default; the ROS clock when the frame is published) or
@@ -44,7 +44,7 @@ of view of --hfov degrees (default 60), square pixels, principal point at the im
 no distortion. Use a real calibration for anything metric.
 
 ROS arguments come last: ``vlm3r-play --generated 30 --ros-args -r __ns:=/robot1`` (the
-topic is then /robot1/image_raw).
+topic is then /robot1/image).
 
 --wait-for-subscribers N waits (at most --wait-timeout s) until N subscribers have matched
 before the first frame, so that a consumer started at the same time sees every frame.
@@ -66,7 +66,7 @@ from typing import Iterator
 
 import numpy as np
 
-DEFAULT_TOPIC = "image_raw"
+DEFAULT_TOPIC = "image"  # what vlm3r-node subscribes to by default
 DEFAULT_FRAME_ID = "camera_optical_frame"
 DEFAULT_HFOV_DEG = 60.0
 DEFAULT_GENERATED_SIZE = (640, 480)
