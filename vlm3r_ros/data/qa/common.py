@@ -1,0 +1,230 @@
+"""What every QA generator shares: the row, the seeded randomness, the multiple-choice builders.
+
+A generator is a function ``(scene: SceneGraph, rng: numpy.random.Generator, **options) ->
+list[QARow]``. It is pure: the rows depend only on the scene, the state of ``rng`` and the
+options (including an :class:`AnswerBalancer` when one is shared across scenes). It skips what
+it cannot ask unambiguously, by the official pipeline's rules (docs/data.md lists them).
+
+Facts from the official pipeline (VLM-3R's ``vlm_3r_data_process``; see docs/data.md):
+- a row holds ``dataset, scene_name, video_path, question_type, question, options,
+  ground_truth, mc_answer`` plus task fields (``category`` ...); ids are assigned after all
+  scenes are generated (``BaseQAGenerator.run``);
+- ``ground_truth`` is the answer VALUE (a number or a string); ``mc_answer`` is the letter of
+  that value among ``options`` (``"A. 2.3"`` strings);
+- numeric options: ``generate_multiple_choice`` draws three distractors uniformly in
+  [0.25, 1.75] x ground truth (bounds per task), rounded like the ground truth, redrawing those
+  closer than ``ceil(gt * 0.2 * 10^d) / 10^d`` to another option; it gives up after 31 rounds;
+- the letter of the right answer goes to a letter used least so far
+  (``from_options_to_mc_answer``), which keeps the answer letters balanced across a run;
+- frames are named "frame k of N" with k 1-based.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+OPTION_LETTERS = ("A", "B", "C", "D")
+
+
+# --- rows -----------------------------------------------------------------------------------
+@dataclass
+class QARow:
+    """One question. ``extra`` holds the task's own fields (for example ``category``), which
+    the official files keep at the top level of the row, so :meth:`to_dict` flattens them."""
+
+    dataset: str
+    scene_name: str
+    video_path: str | None
+    question_type: str
+    question: str
+    ground_truth: Any  # the answer value: int/float for numbers, str for words
+    options: list[str] | None = None  # ["A. 2.3", "B. 1.1", ...] or None (open answer)
+    mc_answer: str | None = None  # the letter of ground_truth among options
+    frame_indices: list[int] | None = None  # video frame ids the question is about; None: whole video
+    extra: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None  # assigned once all scenes are generated
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as the benchmark's JSON object (fixed fields first, then ``extra``)."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "dataset": self.dataset,
+            "scene_name": self.scene_name,
+            "video_path": self.video_path,
+            "frame_indices": None if self.frame_indices is None else [int(i) for i in self.frame_indices],
+            "question_type": self.question_type,
+            "question": self.question,
+            "options": None if self.options is None else list(self.options),
+            "ground_truth": _plain(self.ground_truth),
+            "mc_answer": self.mc_answer,
+        }
+        for key, value in self.extra.items():
+            if key in out:
+                raise ValueError(f"QARow.extra key {key!r} would overwrite a fixed field; rename it")
+            out[key] = _plain(value)
+        return out
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays -> Python numbers and lists (JSON-serialisable)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def new_row(scene, question_type: str, question: str, ground_truth: Any, *,
+            options: Sequence | None = None, mc_answer: str | None = None,
+            frame_indices: Sequence[int] | None = None, **extra: Any) -> QARow:
+    """A row for ``scene`` (a SceneGraph). ``options`` are the raw values in letter order;
+    they are written as ``"A. value"`` strings."""
+    return QARow(
+        dataset=scene.dataset,
+        scene_name=scene.scene_name,
+        video_path=scene.video_path,
+        question_type=question_type,
+        question=question,
+        ground_truth=_plain(ground_truth),
+        options=None if options is None else lettered(options),
+        mc_answer=mc_answer,
+        frame_indices=None if frame_indices is None else [int(i) for i in frame_indices],
+        extra=dict(extra),
+    )
+
+
+def lettered(values: Sequence) -> list[str]:
+    """["A. v0", "B. v1", ...]; values are written with str() (2.3 -> "2.3", 120 -> "120")."""
+    if len(values) > len(OPTION_LETTERS):
+        raise ValueError(f"at most {len(OPTION_LETTERS)} options, got {len(values)}")
+    return [f"{OPTION_LETTERS[i]}. {_plain(v)}" for i, v in enumerate(values)]
+
+
+def assign_ids(rows: Sequence[QARow], start: int = 0) -> None:
+    """Number rows consecutively, as the official run does after collecting all scenes."""
+    for i, row in enumerate(rows):
+        row.id = start + i
+
+
+# --- randomness -----------------------------------------------------------------------------
+def make_rng(seed: int, *keys: str | int) -> np.random.Generator:
+    """A generator seeded by ``seed`` and the keys (e.g. question type, scene name).
+
+    The keys are hashed with CRC32, which (unlike ``hash()``) is the same in every process, so
+    one (seed, type, scene) always gives the same stream whatever else is generated."""
+    words = [int(seed) & 0xFFFFFFFF]
+    for key in keys:
+        words.append(zlib.crc32(str(key).encode("utf-8")))
+    return np.random.default_rng(np.random.SeedSequence(words))
+
+
+def subsample(rows: list, k: int | None, rng: np.random.Generator) -> list:
+    """At most ``k`` rows, chosen without replacement and kept in their original order
+    (the official ``num_subsample``: ``random.sample`` of a scene's rows). None: keep all."""
+    if k is None or len(rows) <= k:
+        return list(rows)
+    if k < 0:
+        raise ValueError(f"subsample size must be >= 0, got {k}")
+    keep = np.sort(rng.choice(len(rows), size=k, replace=False))
+    return [rows[i] for i in keep]
+
+
+def shuffled(items: Sequence, rng: np.random.Generator) -> list:
+    """A shuffled copy of ``items``."""
+    return [items[i] for i in rng.permutation(len(items))]
+
+
+# --- answer letters ---------------------------------------------------------------------------
+class AnswerBalancer:
+    """Puts each right answer on a letter used least so far (the official
+    ``from_options_to_mc_answer``), so a run's answer letters stay balanced.
+
+    Share one balancer per question type across scenes to balance a whole run (the CLI does);
+    the letter counts are then part of the state that makes a run deterministic."""
+
+    def __init__(self, letters: Sequence[str] = OPTION_LETTERS):
+        self.counts: dict[str, int] = {letter: 0 for letter in letters}
+
+    def place(self, values: Sequence, answer: Any, rng: np.random.Generator) -> tuple[list, str]:
+        """(values reordered, letter of ``answer``): the answer goes to a least-used letter
+        among the first len(values); the other values are shuffled around it."""
+        values = list(values)
+        if answer not in values:
+            raise ValueError(f"answer {answer!r} is not among the options {values!r}")
+        if len(values) > len(self.counts):
+            raise ValueError(f"{len(values)} options but only letters {list(self.counts)}")
+        usable = list(self.counts)[:len(values)]
+        fewest = min(self.counts[letter] for letter in usable)
+        candidates = [letter for letter in usable if self.counts[letter] == fewest]
+        letter = candidates[int(rng.integers(len(candidates)))]
+        position = usable.index(letter)
+        others = list(values)
+        others.remove(answer)
+        others = shuffled(others, rng)
+        ordered = others[:position] + [answer] + others[position:]
+        self.counts[letter] += 1
+        return ordered, letter
+
+
+def round_to(value: float, decimals: int) -> float | int:
+    """Python's round (as the official code): an int for 0 decimals, else a float."""
+    return int(round(float(value))) if decimals == 0 else round(float(value), decimals)
+
+
+def numeric_choices(ground_truth: float, rng: np.random.Generator, balancer: AnswerBalancer, *,
+                    margin: float = 0.20, lower_bound: float = 0.25, upper_bound: float = 1.75,
+                    decimals: int = 1, max_rounds: int = 31) -> tuple[list, str] | None:
+    """Four numeric options (three distractors + ``ground_truth``) and the answer's letter,
+    or None when no set of distractors far enough apart was found (the official "E").
+
+    Distractors are uniform in [lower_bound, upper_bound] x ground_truth, rounded to
+    ``decimals``; any option within eps = ceil(gt * margin * 10^d) / 10^d of another option or
+    of the ground truth is redrawn, for at most ``max_rounds`` rounds."""
+    gt = float(ground_truth)
+    if not math.isfinite(gt):
+        raise ValueError(f"ground truth must be a finite number, got {ground_truth!r}")
+    if gt <= 0:
+        return None  # no distractor can be a margin away from zero in [0.25, 1.75] x 0
+    scale = 10 ** decimals
+    eps = math.ceil(gt * margin * scale) / scale
+    lo, hi = gt * lower_bound, gt * upper_bound
+
+    def draw() -> float | int:
+        return round_to(rng.uniform(lo, hi), decimals)
+
+    def clashes(i: int, values: list) -> bool:
+        others = values[:i] + values[i + 1:] + [gt]
+        return any(abs(values[i] - o) < eps for o in others)
+
+    distractors = [draw() for _ in range(3)]
+    rounds = 0
+    while any(clashes(i, distractors) for i in range(3)) and rounds < max_rounds:
+        for i in range(3):
+            if clashes(i, distractors):
+                distractors[i] = draw()
+        rounds += 1
+    if any(clashes(i, distractors) for i in range(3)):
+        return None
+    answer = round_to(gt, decimals)
+    return balancer.place(distractors + [answer], answer, rng)
+
+
+def choice_options(answer: Any, distractors: Sequence, rng: np.random.Generator,
+                   balancer: AnswerBalancer) -> tuple[list, str]:
+    """Options for a word answer: ``answer`` plus ``distractors`` placed by ``balancer``."""
+    return balancer.place(list(distractors) + [answer], answer, rng)
+
+
+# --- frames -----------------------------------------------------------------------------------
+def frame_description(position: int, num_frames: int) -> str:
+    """ "frame k of N" for the frame at 0-based ``position`` among ``num_frames`` frames."""
+    if not 0 <= position < num_frames:
+        raise ValueError(f"frame position {position} is outside 0..{num_frames - 1}")
+    return f"frame {position + 1} of {num_frames}"
