@@ -5,13 +5,16 @@
 #   3. requirements.txt (Python libraries and the ROS 2 Kilted wheels from PyPI);
 #   4. the ROS interfaces in msg/ and srv/, built with CMake in build/ and
 #      installed into .venv (C libraries) and into vlm3r_ros/ (Python modules);
+#      before them tf2_msgs/msg/TFMessage, which the wheels lack, into .venv
+#      (scripts/build_tf2_msgs.sh, from interfaces/tf2_msgs);
 #   5. the package itself, editable: pip install -e .
 # Every pip install gets a constraints file that pins the installed torch.
 #
 # Idempotent: .venv/.setup-stamp holds a hash of every input (requirements,
-# constraints, setup.py, package.xml, CMakeLists.txt, msg/, srv/, this script and
-# the settings below). When it matches and the installed packages import, the
-# script prints "set-up is up to date" and changes nothing.
+# constraints, setup.py, package.xml, CMakeLists.txt, msg/, srv/, interfaces/tf2_msgs,
+# this script, scripts/build_tf2_msgs.sh and the settings below). When it matches
+# and the installed packages import, the script prints "set-up is up to date" and
+# changes nothing.
 #
 # Settings (environment variables):
 #   VLM3R_PYTHON           Python used to create .venv (default: python3).
@@ -48,8 +51,10 @@ import torch, rclpy
 from rclpy.type_support import check_for_type_support
 from ${PKG}.msg import SpatialState
 from ${PKG}.srv import SpatialQuery
+from tf2_msgs.msg import TFMessage
 check_for_type_support(SpatialState)
 check_for_type_support(SpatialQuery)
+check_for_type_support(TFMessage)
 "
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -59,7 +64,9 @@ inputs_hash() {
   local f
   {
     for f in requirements.txt constraints.txt setup.py pyproject.toml package.xml \
-             CMakeLists.txt scripts/setup.sh msg/*.msg srv/*.srv; do
+             CMakeLists.txt scripts/setup.sh msg/*.msg srv/*.srv \
+             scripts/build_tf2_msgs.sh interfaces/tf2_msgs/CMakeLists.txt \
+             interfaces/tf2_msgs/package.xml interfaces/tf2_msgs/msg/*.msg; do
       printf '== %s\n' "$f"
       cat "$f"
     done
@@ -149,6 +156,12 @@ pip_install -c "$EFFECTIVE_CONSTRAINTS" -r requirements.txt
 [[ "$(torch_version)" == "$TORCH_INSTALLED" ]] || die "torch changed from $TORCH_INSTALLED to $(torch_version) while installing requirements.txt"
 
 # 4. ROS interfaces -------------------------------------------------------------
+# 4a. tf2_msgs/msg/TFMessage (/tf, /tf_static of vlm3r-sim-bridge): the PyPI wheels
+# have no tf2_msgs, so generate it into .venv from interfaces/tf2_msgs (the upstream
+# field list, same type hash). Its own script so it can run alone; see its header.
+log "4/5 building tf2_msgs (not among the wheels) in $BUILD/tf2_msgs"
+bash "$ROOT/scripts/build_tf2_msgs.sh" "$VENV" "$BUILD/tf2_msgs"
+# 4b. Our msg/ and srv/.
 log "4/5 building msg/ and srv/ with CMake in $BUILD"
 export AMENT_PREFIX_PATH="$VENV"   # else "No 'rosidl_typesupport_c' found"
 # Stale generated modules from an earlier build (e.g. a removed .msg) must go.
