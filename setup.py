@@ -17,6 +17,7 @@ CONSOLE_SCRIPTS = {
     'vlm3r-node': 'vlm3r_ros.ros.main:main',
     'vlm3r-ask': 'vlm3r_ros.tools.ask:main',
     'vlm3r-play': 'vlm3r_ros.tools.play:main',
+    'vlm3r-eval': 'vlm3r_ros.tools.eval:main',
 }
 
 setup(
@@ -48,7 +49,9 @@ setup(
     ],
     # omegaconf is only needed by tests that write .pth files as CUT3R's training script does;
     # our loader reads such files without it.
-    extras_require={'test': ['pytest', 'pytest-timeout', 'omegaconf', 'tiktoken']},
+    # eval: parquet benchmark files (pyarrow) and vlm3r-eval --plot (matplotlib).
+    extras_require={'test': ['pytest', 'pytest-timeout', 'omegaconf', 'tiktoken'],
+                    'eval': ['pyarrow', 'matplotlib']},
     zip_safe=False,
     entry_points={
         'console_scripts': [

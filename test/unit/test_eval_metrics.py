@@ -165,9 +165,21 @@ def test_vstibench_multiple_choice_answers_are_in_mc_answer():
     row = dict(id=7, question_type='camera_obj_rel_dist_v1', prediction='C', ground_truth='chair', mc_answer='C')
     assert score_row(row, 'vstibench') == 1.0
     del row['mc_answer']
+    row['ground_truth'] = 'C'  # not where VSTI-Bench keeps the letter
     with pytest.raises(ScoringError, match="row id 7: vstibench multiple-choice rows need the answer letter in "
-                                           "'mc_answer'"):
+                                           "'mc_answer'; got mc_answer=None"):
         score_row(row, 'vstibench')
+
+
+def test_vsibench_letter_from_mc_answer_when_present_else_ground_truth():
+    official = vsi('object_rel_distance', 'B', 'B', options=['A. bed', 'B. sofa'])  # the official test rows
+    assert score_row(official, 'vsibench') == 1.0
+    generated = vsi('object_rel_distance', 'B', 'sofa', mc_answer='B', options=['A. bed', 'B. sofa'])
+    assert score_row(generated, 'vsibench') == 1.0  # VLM-3R data-pipeline rows: the value in ground_truth
+    generated['mc_answer'] = None
+    assert score_row(generated, 'vsibench') == 0.0  # falls back to ground_truth 'sofa'
+    with pytest.raises(ScoringError, match="'mc_answer' or 'ground_truth'"):
+        score_row(vsi('route_planning', 'A', None), 'vsibench')
 
 
 def test_vstibench_numeric_types_ignore_their_options():

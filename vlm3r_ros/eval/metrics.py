@@ -8,7 +8,9 @@ VLM-3R); docs/eval.md cites them and says where we differ:
   any whitespace), trailing ``"."`` removed, then whitespace stripped (:func:`first_token`).
 * **Multiple choice** (MCA): 1 when that token equals the answer letter ignoring case, else 0.
   VSI-Bench's answer letter is ``ground_truth``; VSTI-Bench's is ``mc_answer`` (its
-  ``ground_truth`` holds the option's text, or the number for numeric types).
+  ``ground_truth`` holds the option's text, or the number for numeric types). Rows written by
+  VLM-3R's data pipeline (and :mod:`vlm3r_ros.data`) keep the letter in ``mc_answer`` for
+  every type, so a VSI-Bench row's ``mc_answer``, when present, is used first.
 * **Numeric** (NA): the token read by Python's ``float()`` (nothing read: 0), then the
   **mean relative accuracy** over the 10 thresholds 0.50, 0.55, ..., 0.95:
   ``mean(|pred - gt| / gt <= 1 - theta)`` (``<=``, as the code; the papers write ``<``).
@@ -51,7 +53,7 @@ class BenchmarkSpec:
     name: str
     mca_types: tuple[str, ...]
     na_types: tuple[str, ...]
-    mca_answer_field: str  # the row field holding the correct letter
+    mca_answer_fields: tuple[str, ...]  # row fields that may hold the correct letter, first present wins
     merged_types: Mapping[str, tuple[str, ...]]  # reported type -> its subtypes, averaged
     na_units: Mapping[str, str]  # unit of the ground truth per numeric type ("" = a count)
     merge_rule: str  # one sentence for the summary
@@ -82,7 +84,7 @@ VSIBENCH = BenchmarkSpec(
     mca_types=("object_rel_direction_easy", "object_rel_direction_medium", "object_rel_direction_hard",
                "object_rel_distance", "route_planning", "obj_appearance_order"),
     na_types=("object_counting", "object_abs_distance", "object_size_estimation", "room_size_estimation"),
-    mca_answer_field="ground_truth",
+    mca_answer_fields=("mc_answer", "ground_truth"),  # official test rows: ground_truth only
     merged_types=MappingProxyType({"object_rel_direction": ("object_rel_direction_easy",
                                                             "object_rel_direction_medium",
                                                             "object_rel_direction_hard")}),
@@ -99,7 +101,7 @@ VSTIBENCH = BenchmarkSpec(
                "camera_obj_rel_dist_v1", "camera_obj_rel_dist_v2", "camera_obj_rel_dist_v3",
                "camera_movement_direction"),
     na_types=("camera_obj_abs_dist", "camera_displacement", "camera_obj_dist_change"),
-    mca_answer_field="mc_answer",
+    mca_answer_fields=("mc_answer",),
     merged_types=MappingProxyType({}),
     na_units=MappingProxyType({"camera_obj_abs_dist": "m", "camera_displacement": "m",
                                "camera_obj_dist_change": "m"}),
@@ -224,10 +226,7 @@ def score_row(row: Mapping, benchmark: str | BenchmarkSpec, *, numeric: str = "o
     prediction = row.get("prediction")
     failed = bool(row.get("error")) or prediction is None
     if kind == "MCA":
-        answer = row.get(spec.mca_answer_field)
-        if not isinstance(answer, str) or not answer.strip():
-            raise ScoringError(f"{where}: {spec.name} multiple-choice rows need the answer letter in "
-                               f"'{spec.mca_answer_field}', got {answer!r}")
+        answer = mca_answer(row, spec)
         if failed:
             return 0.0
         if not isinstance(prediction, str):
@@ -248,6 +247,21 @@ def score_row(row: Mapping, benchmark: str | BenchmarkSpec, *, numeric: str = "o
     if value is None:
         value = numeric_prediction(prediction)
     return mean_relative_accuracy(value, gt)
+
+
+def mca_answer(row: Mapping, benchmark: str | BenchmarkSpec) -> str:
+    """The correct letter of a multiple-choice row: the first of the benchmark's answer fields
+    that holds a non-empty string (VSI-Bench: ``mc_answer``, else ``ground_truth``; VSTI-Bench:
+    ``mc_answer``)."""
+    spec = get_benchmark(benchmark)
+    for name in spec.mca_answer_fields:
+        answer = row.get(name)
+        if isinstance(answer, str) and answer.strip():
+            return answer
+    fields = " or ".join(f"'{name}'" for name in spec.mca_answer_fields)
+    got = ", ".join(f"{name}={row.get(name)!r}" for name in spec.mca_answer_fields)
+    raise ScoringError(f"{_where(row)}: {spec.name} multiple-choice rows need the answer letter in {fields}; "
+                       f"got {got}")
 
 
 def _where(row: Mapping) -> str:
