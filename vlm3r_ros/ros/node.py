@@ -49,7 +49,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Pose
 from nav_msgs.msg import Path
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -59,6 +59,7 @@ from std_srvs.srv import Trigger
 from vlm3r_ros.engine.spatial_engine import EngineConfig, EngineError
 from vlm3r_ros.msg import SpatialState
 from vlm3r_ros.ros import conversions
+from vlm3r_ros.ros.params import ParamSpec
 from vlm3r_ros.srv import SpatialQuery
 
 NODE_NAME = "vlm3r_node"
@@ -66,36 +67,6 @@ POINTS_MIN_CONFIDENCE = 1.5  # CUT3R demo's point-cloud threshold (confidence >=
 
 
 # ---------------------------------------------------------------------------------- parameters
-@dataclass(frozen=True)
-class ParamSpec:
-    """One ROS parameter: its default (which fixes its type), description and limits."""
-
-    name: str
-    default: bool | int | float | str
-    description: str
-    read_only: bool = True  # a change needs a restart (or a cleanup + configure)
-    int_range: tuple[int, int] | None = None
-    float_range: tuple[float, float] | None = None
-    choices: tuple[str, ...] | None = None
-    constraints: str = ""
-
-    def descriptor(self) -> ParameterDescriptor:
-        kind = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
-                float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}[type(self.default)]
-        constraints = self.constraints
-        if self.choices:
-            constraints = "one of: " + ", ".join(repr(c) for c in self.choices) + (f". {constraints}" if constraints
-                                                                                   else "")
-        desc = ParameterDescriptor(name=self.name, type=kind, description=self.description,
-                                   additional_constraints=constraints, read_only=self.read_only)
-        if self.int_range is not None:
-            desc.integer_range = [IntegerRange(from_value=self.int_range[0], to_value=self.int_range[1], step=1)]
-        if self.float_range is not None:
-            desc.floating_point_range = [FloatingPointRange(from_value=self.float_range[0],
-                                                            to_value=self.float_range[1], step=0.0)]
-        return desc
-
-
 _ENGINE_DEFAULTS = EngineConfig()
 
 PARAMETERS: tuple[ParamSpec, ...] = (
