@@ -228,3 +228,48 @@ def frame_description(position: int, num_frames: int) -> str:
     if not 0 <= position < num_frames:
         raise ValueError(f"frame position {position} is outside 0..{num_frames - 1}")
     return f"frame {position + 1} of {num_frames}"
+
+
+# --- geometry ---------------------------------------------------------------------------------
+def _box_edges(box) -> tuple[np.ndarray, np.ndarray]:
+    """The 12 edges of an OrientedBox as (start (12, 3), end (12, 3))."""
+    corners = box.corners()  # (8, 3), corner index = 4*ix + 2*iy + iz with i* in {0, 1}
+    pairs = [(i, i ^ bit) for i in range(8) for bit in (1, 2, 4) if not i & bit]
+    start = np.array([corners[i] for i, _ in pairs])
+    end = np.array([corners[j] for _, j in pairs])
+    return start, end
+
+
+def _point_box_distance(box, points: np.ndarray) -> np.ndarray:
+    """Distance from points (..., 3) to the solid box (0 inside), (...)."""
+    local = (points - box.centroid) @ box.axes.T
+    return np.linalg.norm(np.maximum(np.abs(local) - box.axes_lengths / 2, 0.0), axis=-1)
+
+
+def _edges_to_box(box_a, box_b, iterations: int = 80) -> float:
+    """Smallest distance from an edge of ``box_a`` to the solid ``box_b``: golden-section search
+    along each edge (the distance to a convex set is convex along a segment)."""
+    start, end = _box_edges(box_a)
+    lo, hi = np.zeros(len(start)), np.ones(len(start))
+    ratio = (math.sqrt(5) - 1) / 2
+
+    def dist(t: np.ndarray) -> np.ndarray:
+        return _point_box_distance(box_b, start + t[:, None] * (end - start))
+
+    for _ in range(iterations):  # bracket shrinks by 0.618 per step: 80 steps -> 1e-17
+        t1, t2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        left_better = dist(t1) <= dist(t2)
+        hi = np.where(left_better, t2, hi)
+        lo = np.where(left_better, lo, t1)
+    return float(np.min(np.minimum(dist(lo), dist(hi))))
+
+
+def box_distance(box_a, box_b) -> float:
+    """Exact smallest distance (m) between two solid oriented boxes; 0 when they touch or overlap.
+
+    Two disjoint boxes are closest at a vertex of one against the other, or edge against edge,
+    and two overlapping boxes have an edge of one meeting the other; so the minimum over the
+    edges of each box against the other solid box is the distance in every case. (The official
+    pipeline samples both boxes on a ~5 cm grid and takes the closest pair of samples, which can
+    read a few centimetres long; docs/data.md.)"""
+    return min(_edges_to_box(box_a, box_b), _edges_to_box(box_b, box_a))
