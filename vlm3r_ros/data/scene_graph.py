@@ -85,6 +85,13 @@ class OrientedBox:
         local = (np.asarray(points, dtype=np.float64) - self.centroid) @ self.axes.T
         return np.all(np.abs(local) <= self.axes_lengths / 2 + tol, axis=-1)
 
+    def distance_to(self, points: np.ndarray) -> np.ndarray:
+        """Euclidean distance from each of ``points`` (N, 3) or (3,) to the closest point of
+        the solid box (0 inside it); (N,) or a scalar array."""
+        local = (np.asarray(points, dtype=np.float64) - self.centroid) @ self.axes.T
+        outside = np.maximum(np.abs(local) - self.axes_lengths / 2, 0.0)
+        return np.linalg.norm(outside, axis=-1)
+
     def grid_points(self, spacing: float = 0.05, max_per_axis: int = 40) -> np.ndarray:
         """Points on a regular grid filling the box, (N, 3): a deterministic stand-in for the
         object's point cloud when distances are measured between objects."""
@@ -125,6 +132,12 @@ class FrameAnnotation:
     @property
     def camera_position(self) -> np.ndarray:
         return self.camera_to_world[:3, 3]
+
+    def world_to_camera(self, points_world: np.ndarray) -> np.ndarray:
+        """World points (N, 3) in this frame's OpenCV camera (x right, y down, z forward)."""
+        rotation = self.camera_to_world[:3, :3]
+        # p_cam = R^T (p_world - t), written for row vectors
+        return (np.asarray(points_world, dtype=np.float64) - self.camera_position) @ rotation
 
 
 @dataclass

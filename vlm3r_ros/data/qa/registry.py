@@ -42,7 +42,16 @@ SPECS: list[GeneratorSpec] = [
     GeneratorSpec("object_rel_direction_medium", f"{_VSI}:object_rel_direction_medium", "vsibench", 6),
     GeneratorSpec("object_rel_direction_hard", f"{_VSI}:object_rel_direction_hard", "vsibench", 6),
     GeneratorSpec("obj_appearance_order", f"{_VSI}:obj_appearance_order", "vsibench", 6),
-    # VSTI-Bench (vstibench.py): entries go here.
+    # VSTI-Bench (vstibench.py); caps are the generators' num_subsample defaults (nf/lr: as ud)
+    GeneratorSpec("camera_displacement", f"{_VSTI}:camera_displacement", "vstibench", 6),
+    GeneratorSpec("camera_movement_direction", f"{_VSTI}:camera_movement_direction", "vstibench", 5),
+    GeneratorSpec("camera_obj_abs_dist", f"{_VSTI}:camera_obj_abs_dist", "vstibench", 6),
+    GeneratorSpec("camera_obj_rel_dist_v1", f"{_VSTI}:camera_obj_rel_dist_v1", "vstibench", 6),
+    GeneratorSpec("camera_obj_rel_dist_v2", f"{_VSTI}:camera_obj_rel_dist_v2", "vstibench", 6),
+    GeneratorSpec("camera_obj_rel_dist_v3", f"{_VSTI}:camera_obj_rel_dist_v3", "vstibench", 6),
+    GeneratorSpec("obj_obj_relative_pos_nf", f"{_VSTI}:obj_obj_relative_pos_nf", "vstibench", 9),
+    GeneratorSpec("obj_obj_relative_pos_lr", f"{_VSTI}:obj_obj_relative_pos_lr", "vstibench", 9),
+    GeneratorSpec("obj_obj_relative_pos_ud", f"{_VSTI}:obj_obj_relative_pos_ud", "vstibench", 9),
 ]
 
 GENERATORS: dict[str, GeneratorSpec] = {spec.question_type: spec for spec in SPECS}
