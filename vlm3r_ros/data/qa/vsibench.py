@@ -370,3 +370,24 @@ def obj_appearance_order(scene: SceneGraph, rng: np.random.Generator, *, max_per
                             categories_involved=list(combo)))
     return rows
 
+
+
+# --- the published benchmark's row shape -------------------------------------------------------
+NUMERIC_TYPES = ("object_counting", "object_abs_distance", "object_size_estimation", "room_size_estimation")
+
+
+def to_benchmark_dict(row: dict) -> dict:
+    """A generated VSI-Bench row (``QARow.to_dict()``) in the shape of the published benchmark
+    (lmms_eval/tasks/vsibench): numeric types have no options and the number as ground truth;
+    multiple-choice types keep the options and have the LETTER as ground truth. ``mc_answer``
+    is dropped, and the answer value of a multiple-choice row is kept as ``answer``."""
+    out = dict(row)
+    letter = out.pop("mc_answer", None)
+    if out["question_type"] in NUMERIC_TYPES:
+        out["options"] = None
+    else:
+        if letter is None:
+            raise ValueError(f"row {row.get('id')}: a multiple-choice row needs mc_answer, got none")
+        out["answer"] = out["ground_truth"]
+        out["ground_truth"] = letter
+    return out
