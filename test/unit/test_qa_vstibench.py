@@ -13,7 +13,7 @@ import pytest
 
 from vlm3r_ros.data.qa import vstibench
 from vlm3r_ros.data.qa.common import AnswerBalancer
-from vlm3r_ros.data.qa.registry import get_generator, question_types
+from vlm3r_ros.data.qa.registry import get_generator, get_spec, question_types
 from vlm3r_ros.data.scene_graph import FrameAnnotation, ObjectInstance, OrientedBox, SceneGraph
 
 DIRECTIONS = {"Forward", "Backward", "Left", "Right"}
@@ -97,24 +97,27 @@ def test_camera_displacement_asks_pairs_5_to_30_frames_apart():
 
 def test_camera_displacement_filters_gap_and_distance():
     # 0.3 m per frame over 40 frames: every gap 5..30 is asked (9 m at most), gap 31 (9.3 m) is not
-    rows = vstibench.camera_displacement(_scene([], [([0.3 * k, 0, 1.5], 0, []) for k in range(40)]), _rng())
+    rows = vstibench.camera_displacement(_scene([], [([0.3 * k, 0, 1.5], 0, []) for k in range(40)]), _rng(),
+                                         max_per_scene=None)
     gaps = [(r.frame_indices[1] - r.frame_indices[0]) // 10 for r in rows]
     assert min(gaps) == 5 and max(gaps) == 30
     assert len(rows) == sum(40 - g for g in range(5, 31))  # 585
     # 0.5 m per frame: gaps above 20 move more than 10 m and are dropped
-    rows = vstibench.camera_displacement(_scene([], [([0.5 * k, 0, 1.5], 0, []) for k in range(40)]), _rng())
+    rows = vstibench.camera_displacement(_scene([], [([0.5 * k, 0, 1.5], 0, []) for k in range(40)]), _rng(),
+                                         max_per_scene=None)
     assert max(r.ground_truth for r in rows) == 10.0
     assert len(rows) == sum(40 - g for g in range(5, 21))  # 440
     # 1 cm per frame (0.3 m at most): under 0.2 m is dropped, and 0.2 or 0.3 m answers never get
     # three distractors eps = 0.1 m apart (in floating point 0.3 - 0.2 < 0.1), as in the official
     # generate_multiple_choice, so nothing is asked
-    rows = vstibench.camera_displacement(_scene([], [([0.01 * k, 0, 1.5], 0, []) for k in range(40)]), _rng())
+    rows = vstibench.camera_displacement(_scene([], [([0.01 * k, 0, 1.5], 0, []) for k in range(40)]), _rng(),
+                                         max_per_scene=None)
     assert rows == []
 
 
 def test_camera_displacement_cap_is_a_seeded_subset():
     scene = _scene([], [([0.5 * k, 0, 1.5], 0, []) for k in range(12)])
-    everything = [r.to_dict() for r in vstibench.camera_displacement(scene, _rng(1))]
+    everything = [r.to_dict() for r in vstibench.camera_displacement(scene, _rng(1), max_per_scene=None)]
     capped = [r.to_dict() for r in vstibench.camera_displacement(scene, _rng(1), max_per_scene=4)]
     again = [r.to_dict() for r in vstibench.camera_displacement(scene, _rng(1), max_per_scene=4)]
     assert len(capped) == 4 and capped == again
@@ -145,7 +148,7 @@ EXPECTED_DIRECTIONS = {
 
 def test_camera_movement_direction_answers_every_pair_by_hand():
     scene = _scene([], [(p, yaw, []) for p, yaw in MOVES])
-    rows = vstibench.camera_movement_direction(scene, _rng(), num_choices=4)
+    rows = vstibench.camera_movement_direction(scene, _rng(), num_choices=4, max_per_scene=None)
     got = {(r.frame_indices[0] // 10, r.frame_indices[1] // 10): r for r in rows}
     assert {k: r.ground_truth for k, r in got.items()} == EXPECTED_DIRECTIONS
     for (i, j), row in got.items():
@@ -164,19 +167,19 @@ def test_camera_movement_direction_answers_every_pair_by_hand():
 
 def test_camera_movement_direction_option_counts():
     scene = _scene([], [(p, yaw, []) for p, yaw in MOVES])
-    two = vstibench.camera_movement_direction(scene, _rng(), num_choices=2)
+    two = vstibench.camera_movement_direction(scene, _rng(), num_choices=2, max_per_scene=None)
     for row in two:
         a, b = _option_values(row)
         assert row.ground_truth in (a, b) and {a, b} <= DIRECTIONS and a != b
         assert row.question.endswith(f"The options are {a} and {b}.")
         _check_letter(row)
-    three = vstibench.camera_movement_direction(scene, _rng(), num_choices=3)
+    three = vstibench.camera_movement_direction(scene, _rng(), num_choices=3, max_per_scene=None)
     assert all(len(r.options) == 3 and r.question.endswith(f", and {_option_values(r)[2]}.") for r in three)
-    mixed = vstibench.camera_movement_direction(scene, _rng(3))
+    mixed = vstibench.camera_movement_direction(scene, _rng(3), max_per_scene=None)
     assert {len(r.options) for r in mixed} == {2, 3, 4}  # 19 draws from {2, 3, 4}
-    assert [r.to_dict() for r in mixed] == [r.to_dict() for r in vstibench.camera_movement_direction(scene, _rng(3))]
-    capped = vstibench.camera_movement_direction(scene, _rng(), max_per_scene=5)
-    assert len(capped) == 5
+    again = vstibench.camera_movement_direction(scene, _rng(3), max_per_scene=None)
+    assert [r.to_dict() for r in mixed] == [r.to_dict() for r in again]
+    assert len(vstibench.camera_movement_direction(scene, _rng())) == 5  # the official num_subsample
     with pytest.raises(ValueError, match="num_choices must be 2, 3, 4"):
         vstibench.camera_movement_direction(scene, _rng(), num_choices=5)
 
@@ -344,6 +347,19 @@ def test_registry_lists_every_vsti_type():
     assert question_types("vstibench") == VSTI_TYPES
     for question_type in VSTI_TYPES:
         assert get_generator(question_type) is getattr(vstibench, question_type)
+
+
+def test_every_type_takes_the_cli_options_and_writes_its_type():
+    scenes = [_abs_dist_scene(), _rel_dist_scene(), _relative_position_scene(),
+              _scene([], [(p, yaw, []) for p, yaw in MOVES])]
+    for question_type in VSTI_TYPES:
+        spec = get_spec(question_type)
+        balancer = AnswerBalancer()  # as vlm3r-gen-qa calls them: one balancer per type
+        rows = [r for s in scenes
+                for r in spec.load()(s, _rng(), max_per_scene=spec.max_per_scene, balancer=balancer)]
+        assert rows, question_type
+        assert {r.question_type for r in rows} == {question_type}
+        assert sum(balancer.counts.values()) == len(rows)
 
 
 def test_rows_are_the_benchmark_json():

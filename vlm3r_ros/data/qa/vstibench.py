@@ -3,8 +3,12 @@
 Nine question types, named as in the released benchmark (the official lmms-eval task lists
 them): ``camera_displacement`` and ``camera_obj_abs_dist`` (numeric answers),
 ``camera_movement_direction``, ``camera_obj_rel_dist_v1/v2/v3`` (4/3/2 options) and
-``obj_obj_relative_pos_nf/lr/ud`` (2 options). Each is a function ``(scene, rng, **options)
--> list[QARow]`` (see :mod:`vlm3r_ros.data.qa.common`).
+``obj_obj_relative_pos_nf/lr/ud`` (2 options). Each is a function ``(scene, rng, *,
+max_per_scene, balancer) -> list[QARow]`` (see :mod:`vlm3r_ros.data.qa.common`); the default
+cap is the official generator's ``num_subsample``.
+
+An object is named only in a frame where its category is visible once (the official
+"frame-unique" rule), so the name identifies it in that frame even when the scene has several.
 
 Geometry follows the scene graph's conventions: poses are camera-to-world with an OpenCV camera
 (x right, y down, z forward), so "forward" is +z, "right" +x and "down" +y of a frame's
@@ -105,7 +109,7 @@ def _balancer(balancer: AnswerBalancer | None) -> AnswerBalancer:
 
 
 # --- camera_displacement ----------------------------------------------------------------------
-def camera_displacement(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = None,
+def camera_displacement(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
                         balancer: AnswerBalancer | None = None) -> list[QARow]:
     """How far the camera moved (straight line, metres, 0.1 m) between two frames 5 to 30
     positions apart; kept when 0.2 m <= distance <= 10 m. Four numeric options."""
@@ -147,7 +151,7 @@ def movement_direction(displacement_camera: np.ndarray) -> str | None:
     return None
 
 
-def camera_movement_direction(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = None,
+def camera_movement_direction(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 5,
                               balancer: AnswerBalancer | None = None,
                               num_choices: int | None = None) -> list[QARow]:
     """The main direction (Forward/Backward/Left/Right) of the camera's net move between two
@@ -183,7 +187,7 @@ def camera_movement_direction(scene: SceneGraph, rng: np.random.Generator, *, ma
 
 
 # --- camera_obj_abs_dist ----------------------------------------------------------------------
-def camera_obj_abs_dist(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = None,
+def camera_obj_abs_dist(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
                         balancer: AnswerBalancer | None = None) -> list[QARow]:
     """Distance (metres, 0.1 m) from the camera to the closest point of an object's box in one
     frame, for each object whose category is visible once in that frame; kept when
@@ -255,20 +259,20 @@ def _camera_obj_rel_dist(scene: SceneGraph, rng: np.random.Generator, question_t
     return rows
 
 
-def camera_obj_rel_dist_v1(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = None,
+def camera_obj_rel_dist_v1(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
                            balancer: AnswerBalancer | None = None) -> list[QARow]:
     """Which of 4 objects visible in a frame is closest to the camera (closest box points;
     objects under 0.5 m left out; options 0.15 m apart; distances rounded to 0.01 m as V1)."""
     return _camera_obj_rel_dist(scene, rng, "camera_obj_rel_dist_v1", 4, 2, max_per_scene, balancer)
 
 
-def camera_obj_rel_dist_v2(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = None,
+def camera_obj_rel_dist_v2(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
                            balancer: AnswerBalancer | None = None) -> list[QARow]:
     """As V1 with 3 options; distances rounded to 0.1 m (as the official V2)."""
     return _camera_obj_rel_dist(scene, rng, "camera_obj_rel_dist_v2", 3, 1, max_per_scene, balancer)
 
 
-def camera_obj_rel_dist_v3(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = None,
+def camera_obj_rel_dist_v3(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
                            balancer: AnswerBalancer | None = None) -> list[QARow]:
     """As V1 with 2 options; distances rounded to 0.1 m (as the official V3)."""
     return _camera_obj_rel_dist(scene, rng, "camera_obj_rel_dist_v3", 2, 1, max_per_scene, balancer)
@@ -290,7 +294,8 @@ def relative_position(box_a_camera: np.ndarray, box_b_camera: np.ndarray, axis: 
 
 
 def _relative_position_qa(scene: SceneGraph, rng: np.random.Generator, dimension: str,
-                          max_per_scene: int | None) -> list[QARow]:
+                          max_per_scene: int | None, balancer: AnswerBalancer | None) -> list[QARow]:
+    balancer = _balancer(balancer)
     axis, (before, after) = RELATIVE_POSITION_AXES[dimension]
     question_type = f"obj_obj_relative_pos_{dimension}"
     frames = scene.frames
@@ -304,29 +309,29 @@ def _relative_position_qa(scene: SceneGraph, rng: np.random.Generator, dimension
                 candidates.append((position, a.category, b.category, before if relation < 0 else after))
     rows = []
     for position, name_a, name_b, answer in subsample(candidates, max_per_scene, rng):
-        # Two options in random order (the official shuffles these without balancing letters).
-        options = shuffled([before, after], rng)
+        # The official shuffles the two words; we balance A/B like every other choice type.
+        options, letter = choice_options(answer, [after if answer == before else before], rng, balancer)
         question = RELATIVE_POSITION_TEMPLATES[dimension].format(
             frame=frame_description(position, len(frames)), object_a=name_a, object_b=name_b)
-        rows.append(new_row(scene, question_type, question, answer, options=options,
-                            mc_answer="AB"[options.index(answer)], frame_indices=[frames[position].frame_id]))
+        rows.append(new_row(scene, question_type, question, answer, options=options, mc_answer=letter,
+                            frame_indices=[frames[position].frame_id]))
     return rows
 
 
-def obj_obj_relative_pos_nf(scene: SceneGraph, rng: np.random.Generator, *,
-                            max_per_scene: int | None = None) -> list[QARow]:
+def obj_obj_relative_pos_nf(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 9,
+                            balancer: AnswerBalancer | None = None) -> list[QARow]:
     """Is object A Near or Far compared to object B, along the camera's viewing axis (z), in a
     frame where both categories are visible once? Asked only when the boxes are > 0.15 m apart."""
-    return _relative_position_qa(scene, rng, "nf", max_per_scene)
+    return _relative_position_qa(scene, rng, "nf", max_per_scene, balancer)
 
 
-def obj_obj_relative_pos_lr(scene: SceneGraph, rng: np.random.Generator, *,
-                            max_per_scene: int | None = None) -> list[QARow]:
+def obj_obj_relative_pos_lr(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 9,
+                            balancer: AnswerBalancer | None = None) -> list[QARow]:
     """Is object A to the Left or Right of object B along the camera's x axis (as nf)."""
-    return _relative_position_qa(scene, rng, "lr", max_per_scene)
+    return _relative_position_qa(scene, rng, "lr", max_per_scene, balancer)
 
 
-def obj_obj_relative_pos_ud(scene: SceneGraph, rng: np.random.Generator, *,
-                            max_per_scene: int | None = None) -> list[QARow]:
+def obj_obj_relative_pos_ud(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 9,
+                            balancer: AnswerBalancer | None = None) -> list[QARow]:
     """Is object A Up or Down from object B along the camera's y axis (+y is down; as nf)."""
-    return _relative_position_qa(scene, rng, "ud", max_per_scene)
+    return _relative_position_qa(scene, rng, "ud", max_per_scene, balancer)
