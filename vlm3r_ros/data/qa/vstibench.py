@@ -138,17 +138,21 @@ def camera_displacement(scene: SceneGraph, rng: np.random.Generator, *, max_per_
 
 
 # --- camera_movement_direction ----------------------------------------------------------------
-def movement_direction(displacement_camera: np.ndarray) -> str | None:
-    """The dominant horizontal direction of a displacement given in the START camera's frame
-    (x right, z forward; y, up/down, is ignored), or None when neither |x| nor |z| exceeds
-    0.5 m. Forward/backward wins ties."""
-    dx, dz = float(displacement_camera[0]), float(displacement_camera[2])
-    x_moves, z_moves = abs(dx) > MOVEMENT_MIN_M, abs(dz) > MOVEMENT_MIN_M
-    if z_moves and (not x_moves or abs(dz) >= abs(dx)):
-        return "Forward" if dz > 0 else "Backward"
-    if x_moves:
-        return "Right" if dx > 0 else "Left"
-    return None
+def movement_directions(displacements_camera: np.ndarray) -> list[str | None]:
+    """The dominant horizontal direction of each displacement (M, 3) given in the START
+    camera's frame (x right, z forward; y, up/down, is ignored): None when neither |x| nor |z|
+    exceeds 0.5 m; forward/backward wins ties."""
+    d = np.asarray(displacements_camera, dtype=np.float64).reshape(-1, 3)
+    dx, dz = d[:, 0], d[:, 2]
+    x_moves, z_moves = np.abs(dx) > MOVEMENT_MIN_M, np.abs(dz) > MOVEMENT_MIN_M
+    along_z = z_moves & (~x_moves | (np.abs(dz) >= np.abs(dx)))
+    along_x = x_moves & ~along_z
+    out: list[str | None] = [None] * len(d)
+    for k in np.flatnonzero(along_z):
+        out[k] = "Forward" if dz[k] > 0 else "Backward"
+    for k in np.flatnonzero(along_x):
+        out[k] = "Right" if dx[k] > 0 else "Left"
+    return out
 
 
 def camera_movement_direction(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 5,
@@ -169,8 +173,7 @@ def camera_movement_direction(scene: SceneGraph, rng: np.random.Generator, *, ma
         moves_world = positions[i + 1:] - positions[i]  # (N-i-1, 3)
         # in frame i's camera: R_i^T m for each move m, written for row vectors
         moves_camera = moves_world @ frames[i].camera_to_world[:3, :3]
-        for j, move in enumerate(moves_camera, start=i + 1):
-            direction = movement_direction(move)
+        for j, direction in enumerate(movement_directions(moves_camera), start=i + 1):
             if direction is not None:
                 candidates.append((i, j, direction))
     rows = []
