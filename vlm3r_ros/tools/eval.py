@@ -212,7 +212,7 @@ def _check_matplotlib() -> None:
     from vlm3r_ros.eval.harness import HarnessError
 
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401 - only whether it imports
     except ImportError:
         raise HarnessError("--plot needs matplotlib, which is not installed: pip install -c constraints.txt "
                            "matplotlib (pinned in requirements.txt)") from None
