@@ -175,11 +175,17 @@ def test_camera_movement_direction_option_counts():
         _check_letter(row)
     three = vstibench.camera_movement_direction(scene, _rng(), num_choices=3, max_per_scene=None)
     assert all(len(r.options) == 3 and r.question.endswith(f", and {_option_values(r)[2]}.") for r in three)
+    # mixed (the default): 4, 3 and 2 options in turn, as the official V1, V2 and V3 runs
     mixed = vstibench.camera_movement_direction(scene, _rng(3), max_per_scene=None)
-    assert {len(r.options) for r in mixed} == {2, 3, 4}  # 19 draws from {2, 3, 4}
+    sizes = [len(r.options) for r in mixed]
+    assert sorted(sizes.count(k) for k in (2, 3, 4)) == [6, 6, 7]  # 19 questions
+    assert len(set(sizes[:3])) == 3 and sizes[3:] == sizes[:16]
     again = vstibench.camera_movement_direction(scene, _rng(3), max_per_scene=None)
     assert [r.to_dict() for r in mixed] == [r.to_dict() for r in again]
-    assert len(vstibench.camera_movement_direction(scene, _rng())) == 5  # the official num_subsample
+    default = vstibench.camera_movement_direction(scene, _rng())  # 5 per version, as num_subsample
+    assert sorted(len(r.options) for r in default) == [2] * 5 + [3] * 5 + [4] * 5
+    three_rows = vstibench.camera_movement_direction(scene, _rng(), max_per_scene=3)
+    assert sorted(len(r.options) for r in three_rows) == [2, 3, 4]  # the official val run: 1 per version
     with pytest.raises(ValueError, match="num_choices must be 2, 3, 4"):
         vstibench.camera_movement_direction(scene, _rng(), num_choices=5)
 

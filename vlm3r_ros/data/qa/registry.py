@@ -44,7 +44,7 @@ SPECS: list[GeneratorSpec] = [
     GeneratorSpec("obj_appearance_order", f"{_VSI}:obj_appearance_order", "vsibench", 6),
     # VSTI-Bench (vstibench.py); caps are the generators' num_subsample defaults (nf/lr: as ud)
     GeneratorSpec("camera_displacement", f"{_VSTI}:camera_displacement", "vstibench", 6),
-    GeneratorSpec("camera_movement_direction", f"{_VSTI}:camera_movement_direction", "vstibench", 5),
+    GeneratorSpec("camera_movement_direction", f"{_VSTI}:camera_movement_direction", "vstibench", 15),  # 5 x v1-v3
     GeneratorSpec("camera_obj_abs_dist", f"{_VSTI}:camera_obj_abs_dist", "vstibench", 6),
     GeneratorSpec("camera_obj_rel_dist_v1", f"{_VSTI}:camera_obj_rel_dist_v1", "vstibench", 6),
     GeneratorSpec("camera_obj_rel_dist_v2", f"{_VSTI}:camera_obj_rel_dist_v2", "vstibench", 6),

@@ -155,14 +155,16 @@ def movement_directions(displacements_camera: np.ndarray) -> list[str | None]:
     return out
 
 
-def camera_movement_direction(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 5,
+def camera_movement_direction(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 15,
                               balancer: AnswerBalancer | None = None,
                               num_choices: int | None = None) -> list[QARow]:
     """The main direction (Forward/Backward/Left/Right) of the camera's net move between two
     frames, in the start frame's camera. Every ordered pair of frames is a candidate.
 
-    ``num_choices`` (2, 3 or 4) fixes the number of options (the official V3/V2/V1); None draws
-    it per question, because the released type mixes the three versions under one name."""
+    ``num_choices`` (2, 3 or 4) fixes the number of options (the official V3/V2/V1). None mixes
+    them as the benchmark does (its three generators all write this one question type): the
+    questions take 4, 3 and 2 options in turn, from a random start, so a cap of 15 (5 per
+    version, the official num_subsample) gives 5 of each."""
     if num_choices is not None and num_choices not in (2, 3, 4):
         raise ValueError(f"num_choices must be 2, 3, 4 or None (mixed), got {num_choices!r}")
     balancer = _balancer(balancer)
@@ -177,8 +179,9 @@ def camera_movement_direction(scene: SceneGraph, rng: np.random.Generator, *, ma
             if direction is not None:
                 candidates.append((i, j, direction))
     rows = []
-    for i, j, direction in subsample(candidates, max_per_scene, rng):
-        k = int(rng.choice([2, 3, 4])) if num_choices is None else num_choices
+    turns = [num_choices] if num_choices is not None else [int(k) for k in rng.permutation([4, 3, 2])]
+    for n, (i, j, direction) in enumerate(subsample(candidates, max_per_scene, rng)):
+        k = turns[n % len(turns)]
         wrong = [d for d in MOVEMENT_DIRECTIONS if d != direction]
         distractors = [wrong[n] for n in rng.choice(len(wrong), size=k - 1, replace=False)]
         options, letter = choice_options(direction, distractors, rng, balancer)
