@@ -18,6 +18,7 @@ import io
 import sys
 
 import numpy as np
+from geometry_msgs.msg import Pose, PoseStamped  # noqa: F401 (the node names them through this module)
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 
 from vlm3r_ros.engine.spatial_engine import MAX_IMAGE_PIXELS, EngineError, image_from_buffer
