@@ -17,6 +17,7 @@ CONSOLE_SCRIPTS = {
     'vlm3r-node': 'vlm3r_ros.ros.main:main',
     'vlm3r-ask': 'vlm3r_ros.tools.ask:main',
     'vlm3r-play': 'vlm3r_ros.tools.play:main',
+    'vlm3r-sim-bridge': 'vlm3r_ros.ros.sim_bridge:main',
     'vlm3r-eval': 'vlm3r_ros.tools.eval:main',
     'vlm3r-gen-qa': 'vlm3r_ros.tools.gen_qa:main',
 }
