@@ -128,10 +128,10 @@ def make_rng(seed: int, *keys: str | int) -> np.random.Generator:
 def subsample(rows: list, k: int | None, rng: np.random.Generator) -> list:
     """At most ``k`` rows, chosen without replacement and kept in their original order
     (the official ``num_subsample``: ``random.sample`` of a scene's rows). None: keep all."""
+    if k is not None and k < 0:
+        raise ValueError(f"subsample size must be >= 0, got {k}")
     if k is None or len(rows) <= k:
         return list(rows)
-    if k < 0:
-        raise ValueError(f"subsample size must be >= 0, got {k}")
     keep = np.sort(rng.choice(len(rows), size=k, replace=False))
     return [rows[i] for i in keep]
 
