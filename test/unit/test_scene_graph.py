@@ -112,3 +112,14 @@ def test_bad_metadata_is_refused_with_the_place(entry, frames, message):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(SceneGraphError, match="scene metadata file not found"):
         load_scene_graphs(tmp_path / "nope.json")
+
+
+def test_numpy_ids_and_boxes_are_written(tmp_path):
+    # Simulators and segmentation masks hand out numpy scalars; json alone refuses them.
+    box = OrientedBox.axis_aligned([0, 0, 0], [1, 1, 1])
+    frame = FrameAnnotation(np.int64(4), np.eye(4), None, {np.int32(5): tuple(np.float32([1, 2, 3, 4]))})
+    graph = SceneGraph("np", [ObjectInstance(np.int64(5), "box", box)], [frame])
+    save_scene_graphs([graph], tmp_path, "sim", "val")
+    back = load_dataset(tmp_path, "sim", "val")["np"]
+    assert back.objects[0].instance_id == 5 and back.frames[0].frame_id == 4
+    assert back.frames[0].visible == {5: (1.0, 2.0, 3.0, 4.0)}

@@ -203,7 +203,7 @@ class SceneGraph:
         {ds}_frame_metadata_{split}.json (see vlm3r_ros.data.metadata)."""
         bboxes: dict[str, list] = {}
         for o in self.objects:
-            bboxes.setdefault(o.category, []).append({"instance_id": o.instance_id, **o.box.to_metadata()})
+            bboxes.setdefault(o.category, []).append({"instance_id": int(o.instance_id), **o.box.to_metadata()})
         scene = {
             "dataset": self.dataset,
             "video_path": self.video_path,
@@ -217,9 +217,10 @@ class SceneGraph:
         frames = []
         for f in self.frames:
             entry = {
-                "frame_id": f.frame_id,
+                "frame_id": int(f.frame_id),
                 "camera_pose_camera_to_world": f.camera_to_world.tolist(),
-                "bboxes_2d": [{"instance_id": iid, "bbox_2d": None if box is None else list(box)}
+                # int()/float(): ids and boxes often come as numpy scalars, which json refuses
+                "bboxes_2d": [{"instance_id": int(iid), "bbox_2d": None if box is None else [float(x) for x in box]}
                               for iid, box in f.visible.items()],
             }
             if f.intrinsics is not None:

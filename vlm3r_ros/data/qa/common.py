@@ -240,12 +240,6 @@ def _box_edges(box) -> tuple[np.ndarray, np.ndarray]:
     return start, end
 
 
-def _point_box_distance(box, points: np.ndarray) -> np.ndarray:
-    """Distance from points (..., 3) to the solid box (0 inside), (...)."""
-    local = (points - box.centroid) @ box.axes.T
-    return np.linalg.norm(np.maximum(np.abs(local) - box.axes_lengths / 2, 0.0), axis=-1)
-
-
 def _edges_to_box(box_a, box_b, iterations: int = 50) -> float:
     """Smallest distance from an edge of ``box_a`` to the solid ``box_b``: golden-section search
     along each edge at once (the distance to a convex set is convex along a segment)."""
@@ -253,7 +247,7 @@ def _edges_to_box(box_a, box_b, iterations: int = 50) -> float:
     step = end - start
 
     def dist(t: np.ndarray) -> np.ndarray:  # (12,) -> (12,)
-        return _point_box_distance(box_b, start + t[:, None] * step)
+        return box_b.distance_to(start + t[:, None] * step)
 
     ratio = (math.sqrt(5) - 1) / 2
     lo, hi = np.zeros(len(start)), np.ones(len(start))
