@@ -18,6 +18,7 @@ CONSOLE_SCRIPTS = {
     'vlm3r-ask': 'vlm3r_ros.tools.ask:main',
     'vlm3r-play': 'vlm3r_ros.tools.play:main',
     'vlm3r-sim-bridge': 'vlm3r_ros.ros.sim_bridge:main',
+    'vlm3r-sim-eval': 'vlm3r_ros.tools.sim_eval:main',
     'vlm3r-eval': 'vlm3r_ros.tools.eval:main',
     'vlm3r-gen-qa': 'vlm3r_ros.tools.gen_qa:main',
 }

@@ -1,0 +1,375 @@
+"""``vlm3r-sim-eval``: simulator -> bridge -> node -> /spatial_query -> per-type scores, end to end.
+
+    vlm3r-sim-eval                                   # tiny random weights: scores are MEANINGLESS
+    vlm3r-sim-eval --params-file my_vlm3r.yaml --frames 32 --size 640x480   # real weights: the real test
+
+The whole loop in separate processes over DDS, in five steps:
+
+1. starts ``vlm3r-node`` (``--params-file``, default config/tiny.yaml: TINY RANDOM WEIGHTS)
+   with ``use_sim_time:=true`` and waits for its ``spatial_query`` service;
+2. starts ``vlm3r-sim-bridge`` (``--bridge-params``, default config/sim_bridge.yaml, with the
+   options below on top) in lockstep with the node, so the node takes EVERY published frame,
+   and shows progress until the trajectory ends;
+3. reads the ground truth the bridge wrote for exactly the published frames
+   (OUT/sim/scene_graph.json);
+4. generates questions with known answers from it through the QA generators
+   (:mod:`vlm3r_ros.data.qa.registry`, as ``vlm3r-gen-qa`` does), one file per benchmark
+   (OUT/qa_vsibench.jsonl, OUT/qa_vstibench.jsonl);
+5. asks them over ``/spatial_query`` with the live client of :mod:`vlm3r_ros.eval`
+   (``LiveBackend`` in ``external`` mode: the bridge streamed the frames; each question uses
+   all of them) and scores them with the official metrics: a per-type table per benchmark,
+   results in OUT/results_*.jsonl and the scores in OUT/scores.json.
+
+On tiny random weights every answer is noise and the scores mean nothing; the command says
+so loudly. With real weights (``--params-file`` naming them) it is the real test.
+
+Unless ROS_DOMAIN_ID is set, a random domain (1..101) on this host only is used, so the run
+never talks to a robot on the network. The children's logs are OUT/node.log and OUT/bridge.log.
+Exit status: 0 done, 1 a step failed (its reason and the child's last lines are printed),
+2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+BANNER = "=" * 78
+NODE_START_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 10.0
+PROG = "vlm3r-sim-eval"
+
+
+class SimEvalError(Exception):
+    """A step failed: printed as one line (plus the children's last lines); exit status 1."""
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 160x120, got {text!r}") from None
+    if w < 8 or h < 8:
+        raise argparse.ArgumentTypeError(f"the image must be at least 8x8 pixels, got {text!r}")
+    return w, h
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params-file", type=Path, default=None,
+                        help="vlm3r-node parameters (default config/tiny.yaml: tiny random weights)")
+    parser.add_argument("--bridge-params", type=Path, default=None,
+                        help="vlm3r-sim-bridge parameters (default config/sim_bridge.yaml)")
+    parser.add_argument("--backend", choices=("pybullet", "habitat"), default="pybullet",
+                        help="simulator backend (default pybullet)")
+    parser.add_argument("--seed", type=int, default=0, help="scene and trajectory seed (default 0)")
+    parser.add_argument("--scene-file", type=Path, default=None, help="scene file instead of a generated room")
+    parser.add_argument("--trajectory-kind", choices=("handheld", "patrol"), default="handheld",
+                        help="generated camera path (default handheld)")
+    parser.add_argument("--frames", type=int, default=16, help="frames to publish (default 16)")
+    parser.add_argument("--size", type=_parse_size, default=(160, 120), metavar="WxH",
+                        help="image size (default 160x120)")
+    parser.add_argument("--rate", type=float, default=10.0,
+                        help="most frames per wall second (default 10; the node's pace limits it: lockstep)")
+    parser.add_argument("--types", default="all",
+                        help="question types: all (default), vsibench, vstibench or a comma list")
+    parser.add_argument("--max-per-type", type=int, default=2,
+                        help="questions per type at most (default 2; 0 = each type's official cap)")
+    parser.add_argument("--qa-seed", type=int, default=0, help="seed of the question generators (default 0)")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default 16)")
+    parser.add_argument("--no-sim-time", action="store_true", help="run the node on wall-clock time")
+    parser.add_argument("--out", type=Path, default=Path("out/sim_eval"), help="output folder (default out/sim_eval)")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds the simulation run may take (default 600)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress lines or bars")
+    return parser
+
+
+def check_args(args) -> None:
+    if not 2 <= args.frames <= 100_000:
+        raise ValueError(f"--frames must be in 2..100000, got {args.frames}")
+    if not (math.isfinite(args.rate) and args.rate > 0):
+        raise ValueError(f"--rate must be a positive number of Hz, got {args.rate}")
+    if args.max_per_type < 0:
+        raise ValueError(f"--max-per-type must be >= 0, got {args.max_per_type}")
+    if not args.max_new_tokens >= 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not args.timeout > 0:
+        raise ValueError(f"--timeout must be > 0 s, got {args.timeout}")
+    for name in ("params_file", "bridge_params", "scene_file"):
+        path = getattr(args, name)
+        if path is not None and not path.is_file():
+            raise ValueError(f"--{name.replace('_', '-')} {path}: no such file")
+
+
+# ------------------------------------------------------------------ steps
+def bridge_argv(args, params_file: Path, sim_dir: Path, image_topic: str, node_name: str = "vlm3r_node") -> list[str]:
+    """The ``vlm3r-sim-bridge`` command line for this run."""
+    from vlm3r_ros.tools.demo import console_script
+
+    width, height = args.size
+    params = {
+        "backend": args.backend, "seed": args.seed, "trajectory_kind": args.trajectory_kind,
+        "num_frames": args.frames, "width": width, "height": height, "rate_hz": float(args.rate),
+        "output_dir": str(sim_dir), "image_topic": image_topic, "lockstep_state_topic": f"{node_name}/state",
+        "exit_when_done": True, "loop": False, "wait_timeout": NODE_START_TIMEOUT_S,
+    }
+    if args.scene_file is not None:
+        params["scene_file"] = str(args.scene_file)
+    argv = console_script("vlm3r-sim-bridge", "vlm3r_ros.ros.sim_bridge") + ["--ros-args", "--params-file",
+                                                                               str(params_file)]
+    for name, value in params.items():
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        argv += ["-p", f"{name}:={text}"]
+    return argv
+
+
+def generate_questions(graph, types_text: str, seed: int, max_per_type: int) -> dict[str, list[dict]]:
+    """Benchmark name -> rows (the published benchmark's shape, ids from 0) for ``graph``."""
+    from vlm3r_ros.data.qa.registry import get_spec
+    from vlm3r_ros.tools import gen_qa
+
+    try:
+        types = gen_qa.parse_types(types_text)
+        rows = gen_qa.generate({graph.scene_name: graph}, types, seed, cap=max_per_type or "default")
+    except gen_qa.GenQAError as exc:
+        raise SimEvalError(f"--types: {exc}") from None
+    by_benchmark: dict[str, list[dict]] = {}
+    for row in rows:
+        bench = get_spec(row["question_type"]).benchmark
+        by_benchmark.setdefault(bench, []).append(gen_qa.as_format(row, "benchmark"))
+    for bench_rows in by_benchmark.values():
+        for i, row in enumerate(bench_rows):
+            row["id"] = i
+    return by_benchmark
+
+
+def read_ground_truth(sim_dir: Path, expected_frames: int):
+    """The bridge's scene graph file -> (SceneGraph, payload document)."""
+    from vlm3r_ros.ros.sim_bridge import SCENE_GRAPH_FILE
+    from vlm3r_ros.ros.sim_messages import scene_graph_from_payload
+
+    path = sim_dir / SCENE_GRAPH_FILE
+    try:
+        graph, doc = scene_graph_from_payload(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SimEvalError(f"cannot read the ground truth {path}: {exc}") from None
+    if not doc.get("complete") or len(graph.frames) != expected_frames:
+        raise SimEvalError(f"the ground truth in {path} covers {len(graph.frames)} of {expected_frames} frames "
+                           f"(complete: {doc.get('complete')}); the bridge did not finish its run")
+    return graph, doc
+
+
+def wait_for_bridge(bridge, client, frames: int, timeout: float, node, progress: bool) -> dict:
+    """Until the bridge exits: progress from the node's ~/state. Returns the node's counts."""
+    deadline = time.monotonic() + timeout
+    last_line = ""
+    base = client.state
+    base_processed = base.frames_processed if base is not None else 0
+    while bridge.running():
+        if not node.running():
+            raise SimEvalError(f"vlm3r-node exited with status {node.proc.returncode} during the run")
+        if time.monotonic() > deadline:
+            raise SimEvalError(f"the simulation run took more than --timeout {timeout:g} s")
+        state = client.state
+        if progress and state is not None:
+            line = f"      {state.frames_processed - base_processed}/{frames} frames processed by the node"
+            if line != last_line:
+                print(line, flush=True)
+                last_line = line
+        time.sleep(0.25)
+    code = bridge.proc.returncode
+    if code != 0:
+        raise SimEvalError(f"vlm3r-sim-bridge exited with status {code}")
+    state = client.wait_state(lambda s: s.frames_processed + s.frames_dropped + s.frames_rejected
+                              >= s.frames_received, 30.0, "the node's last frame")
+    return dict(received=state.frames_received - (base.frames_received if base is not None else 0),
+                processed=state.frames_processed - base_processed,
+                dropped=state.frames_dropped - (base.frames_dropped if base is not None else 0),
+                rejected=state.frames_rejected - (base.frames_rejected if base is not None else 0),
+                window=state.window_size, capacity=state.window_capacity)
+
+
+# ------------------------------------------------------------------ the loop
+def run(args) -> int:
+    from vlm3r_ros.ros import apply_transport_setting
+    from vlm3r_ros.tools.demo import Child, console_script, isolate_ros_environment, read_node_params, \
+        repo_config_dir, weights_description
+
+    out: Path = args.out
+    sim_dir = out / "sim"
+    params_file = args.params_file or (repo_config_dir() / "tiny.yaml")
+    bridge_params = args.bridge_params or (repo_config_dir() / "sim_bridge.yaml")
+    try:
+        node_params = read_node_params(params_file)
+    except Exception as exc:  # noqa: BLE001 (DemoError: an unreadable params file)
+        raise SimEvalError(str(exc)) from None
+    is_random, weights_line = weights_description(node_params)
+    image_topic = str(node_params.get("image_topic", "image"))
+    width, height = args.size
+
+    print(BANNER)
+    print("VLM3R_ROS SIMULATION EVAL: simulator -> vlm3r-sim-bridge -> vlm3r-node -> /spatial_query -> scores")
+    print(f"{weights_line}.")
+    if is_random:
+        print("THE SCORES BELOW ARE MEANINGLESS: the weights are random. This run tests the loop, not the model.")
+    print(BANNER)
+
+    env = dict(os.environ)
+    ros_line = isolate_ros_environment(env)
+    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE"):
+        if key in env:
+            os.environ[key] = env[key]  # this process's own participant too
+    env["PYTHONUNBUFFERED"] = "1"
+    apply_transport_setting()
+    for key in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [sim_dir / "scene_graph.json", *out.glob("results_*.jsonl"), *out.glob("qa_*.jsonl")]:
+        stale.unlink(missing_ok=True)  # never score an earlier run's files
+
+    children: list = []
+    client = None
+    try:
+        node_argv = console_script("vlm3r-node", "vlm3r_ros.ros.main") + ["--ros-args", "--params-file",
+                                                                          str(params_file)]
+        if not args.no_sim_time:
+            node_argv += ["-p", "use_sim_time:=true"]
+        node = Child("vlm3r-node", node_argv, out / "node.log", env)
+        children.append(node)
+        print(f"[1/5] node: {' '.join(node_argv)}")
+        print(f"      ({ros_line}; log {node.log_path})", flush=True)
+        from vlm3r_ros.eval.live_client import LiveBackend, LiveError, LiveSpatialClient
+
+        client = LiveSpatialClient()
+        t0 = time.monotonic()
+        try:
+            _wait_for_node(client, node, NODE_START_TIMEOUT_S)
+            client.reset()
+        except LiveError as exc:
+            raise SimEvalError(str(exc)) from None
+        print(f"      /spatial_query is up after {time.monotonic() - t0:.1f} s")
+
+        argv = bridge_argv(args, bridge_params, sim_dir, image_topic)
+        bridge = Child("vlm3r-sim-bridge", argv, out / "bridge.log", env)
+        children.append(bridge)
+        print(f"[2/5] simulator: {args.backend}, seed {args.seed}, {args.frames} frames of {width}x{height}, "
+              f"{args.trajectory_kind} camera, lockstep with the node (log {bridge.log_path})", flush=True)
+        t0 = time.monotonic()
+        try:
+            counts = wait_for_bridge(bridge, client, args.frames, args.timeout, node, not args.no_progress)
+        except LiveError as exc:
+            raise SimEvalError(str(exc)) from None
+        children.remove(bridge)
+        print(f"      trajectory done in {time.monotonic() - t0:.1f} s: the node received {counts['received']}, "
+              f"processed {counts['processed']}, dropped {counts['dropped']}, rejected {counts['rejected']}; "
+              f"window {counts['window']}/{counts['capacity']}")
+        if counts["processed"] != args.frames:
+            print(f"      WARNING: the node processed {counts['processed']} of {args.frames} published frames; "
+                  f"questions are about all {args.frames}")
+
+        graph, doc = read_ground_truth(sim_dir, args.frames)
+        seen = sorted({iid for f in graph.frames for iid in f.visible})
+        print(f"[3/5] ground truth: scene {graph.scene_name!r}, {len(graph.objects)} objects "
+              f"({', '.join(f'{n} {c}' for c, n in sorted(graph.category_counts().items()))}), "
+              f"{graph.room_size:.1f} m^2; {len(seen)} objects visible in the {len(graph.frames)} frames")
+
+        by_benchmark = generate_questions(graph, args.types, args.qa_seed, args.max_per_type)
+        if not by_benchmark:
+            raise SimEvalError(f"the QA generators made no question for this scene (--types {args.types})")
+        qa_files = {}
+        for bench, rows in by_benchmark.items():
+            path = out / f"qa_{bench}.jsonl"
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+            qa_files[bench] = path
+            per_type: dict[str, int] = {}
+            for r in rows:
+                per_type[r["question_type"]] = per_type.get(r["question_type"], 0) + 1
+            print(f"[4/5] {bench}: {len(rows)} questions with known answers -> {path}")
+            print("      " + ", ".join(f"{t} {n}" for t, n in per_type.items()))
+
+        from vlm3r_ros.eval import harness
+        from vlm3r_ros.eval.benchmark import load_benchmark
+
+        print(f"[5/5] asking them over {client.query_name} ({args.frames} frames per question):", flush=True)
+        backend = LiveBackend(client, mode="external", num_frames=args.frames, max_new_tokens=args.max_new_tokens,
+                              owns_client=False)
+        scores = {}
+        ok = True
+        for bench, path in qa_files.items():
+            benchmark = load_benchmark(path, bench)
+            result = harness.run(benchmark, benchmark.rows, backend, out / f"results_{bench}.jsonl",
+                                 data_root=out, resume=False, progress=not args.no_progress)
+            if result.summary is None:
+                raise SimEvalError(f"{bench}: no question was answered")
+            print()
+            print(harness.format_table(result.summary, meaningless=backend.meaningless or is_random))
+            scores[bench] = dict(overall=result.summary.overall, per_type=result.summary.per_type,
+                                 count=result.summary.per_type_count, failed=result.summary.failed_rows)
+            ok &= result.summary.failed_rows == 0
+        summary = dict(scene=graph.scene_name, frames=args.frames, size=[width, height], backend=args.backend,
+                       seed=args.seed, weights=weights_line, meaningless=is_random, node=counts,
+                       bridge=json.loads((sim_dir / "run.json").read_text()), scores=scores)
+        (out / "scores.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        print()
+        print(BANNER)
+        if is_random:
+            print("REMINDER: TINY RANDOM WEIGHTS. The scores above are MEANINGLESS (random answers); they show that")
+            print("the loop works. Real test: --params-file with real weights (config/vlm3r.yaml + paths).")
+        print(f"scores: {out / 'scores.json'}; answers: {', '.join(str(out / f'results_{b}.jsonl') for b in scores)}")
+        print(BANNER)
+        return 0 if ok else 1
+    except SimEvalError:
+        for child in children:
+            if child.output():
+                print(f"--- last lines of {child.name} ({child.log_path}):\n{child.tail()}", file=sys.stderr)
+        raise
+    finally:
+        if client is not None:
+            client.close()
+        for child in reversed(children):
+            child.stop(timeout=STOP_TIMEOUT_S)
+
+
+def _wait_for_node(client, node, timeout: float) -> None:
+    """LiveSpatialClient.wait_for_node in short steps, so a node that dies is reported at once."""
+    from vlm3r_ros.eval.live_client import LiveError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if not node.running():
+            raise SimEvalError(f"vlm3r-node exited with status {node.proc.returncode} while starting")
+        try:
+            client.wait_for_node(min(2.0, max(deadline - time.monotonic(), 0.1)))
+            return
+        except LiveError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        check_args(args)
+    except ValueError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except SimEvalError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the children were stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
