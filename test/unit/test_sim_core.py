@@ -219,7 +219,8 @@ def test_generated_rooms_are_valid(seed):
         grid = a.box.grid_points(0.03)[:, :2]
         for b in floor_standing[i + 1:]:
             local = (grid - b.box.centroid[:2]) @ b.box.axes[:2, :2].T
-            assert not np.any(np.all(np.abs(local) < b.box.axes_lengths[:2] / 2 - 1e-6, axis=1)), (a.category, b.category)
+            overlap = np.all(np.abs(local) < b.box.axes_lengths[:2] / 2 - 1e-6, axis=1)
+            assert not overlap.any(), (a.category, b.category)
 
 
 def test_generated_rooms_are_deterministic_and_differ_by_seed():

@@ -110,7 +110,9 @@ def voxel_thin(points: np.ndarray, voxel: float = 0.04) -> np.ndarray:
 
 
 def closest_distance(a: np.ndarray, b: np.ndarray, chunk: int = 128) -> float:
-    return min(float(np.sqrt(((a[i:i + chunk, None, :] - b[None]) ** 2).sum(-1)).min()) for i in range(0, len(a), chunk))
+    """Smallest distance between two point sets (N, 3) and (M, 3), in chunks of a."""
+    return min(float(np.sqrt(((a[i:i + chunk, None, :] - b[None]) ** 2).sum(-1)).min())
+               for i in range(0, len(a), chunk))
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -311,7 +313,8 @@ def test_ground_truth_holds_exactly_the_published_frames_and_survives_metadata_f
     for f in gt.frames:
         np.testing.assert_array_equal(f.camera_to_world, sim.trajectory.camera_to_world[f.frame_id])
     save_scene_graphs([gt], tmp_path, "sim", "test")
-    loaded = load_scene_graphs(tmp_path / "sim_metadata_test.json", tmp_path / "sim_frame_metadata_test.json")[gt.scene_name]
+    loaded = load_scene_graphs(tmp_path / "sim_metadata_test.json",
+                               tmp_path / "sim_frame_metadata_test.json")[gt.scene_name]
     assert [f.frame_id for f in loaded.frames] == published
     assert [dict(f.visible) for f in loaded.frames] == [dict(f.visible) for f in gt.frames]
     assert {o.instance_id: o.category for o in loaded.objects} == {o.instance_id: o.category for o in gt.objects}
@@ -404,7 +407,8 @@ def test_distance_answers_match_the_rendered_surfaces(walk, measured):
         eye = frame.camera_to_world[:3, 3]
         # the object this frame shows once, named in the question
         (obj,) = [gt.instance(i) for i in gt.frames[frame_id].visible if f" {gt.instance(i).category} " in row.question]
-        world = back_project(frame.rendered.depth, intr, frame.camera_to_world)[frame.rendered.instance_ids == obj.instance_id]
+        mask = frame.rendered.instance_ids == obj.instance_id
+        world = back_project(frame.rendered.depth, intr, frame.camera_to_world)[mask]
         nearest = float(np.linalg.norm(world - eye, axis=1).min())
         assert nearest >= row.ground_truth - 0.05 - 0.03  # surfaces seen are never closer than the box
         # when the box's closest point is itself in view and unoccluded, the pixels find it
@@ -479,7 +483,8 @@ def test_handheld_walk_in_a_generated_room_renders_inside_the_room():
         assert room.contains(sim.trajectory.positions[:, :2], margin=0.3).all()
         for frame in sim:
             assert np.isfinite(frame.rendered.depth).all()
-            assert (frame.rendered.depth < math.hypot(room.x_max - room.x_min, room.y_max - room.y_min, room.height)).all()
+            diagonal = math.hypot(room.x_max - room.x_min, room.y_max - room.y_min, room.height)
+            assert (frame.rendered.depth < diagonal).all()
 
 
 def test_robot_patrol_renders_from_robot_height():

@@ -215,7 +215,8 @@ class Trajectory:
                      for i, f in enumerate(frames)]
         except (KeyError, TypeError) as exc:
             raise SimError(f"{what}: every frame needs 'time' and 'camera_to_world' ({exc})") from exc
-        return cls(np.array(times), np.stack(poses), Intrinsics.from_dict(data.get("intrinsics") or {}, f"{what}.intrinsics"))
+        intrinsics = Intrinsics.from_dict(data.get("intrinsics") or {}, f"{what}.intrinsics")
+        return cls(np.array(times), np.stack(poses), intrinsics)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -389,7 +390,8 @@ class SimScene:
         defaults = RoomAppearance()
         room_app = RoomAppearance(
             floor_color=_color(room_data.get("floor_color", defaults.floor_color), f"{what}.room.floor_color"),
-            wall_colors=tuple(_color(c, f"{what}.room.wall_colors") for c in room_data.get("wall_colors", defaults.wall_colors)),
+            wall_colors=tuple(_color(c, f"{what}.room.wall_colors")
+                              for c in room_data.get("wall_colors", defaults.wall_colors)),
             ceiling_color=_color(room_data.get("ceiling_color", defaults.ceiling_color), f"{what}.room.ceiling_color"),
             floor_checker=float(room_data.get("floor_checker", defaults.floor_checker)),
         )
@@ -411,7 +413,8 @@ class SimScene:
             if np.any(box.axes_lengths <= 0):
                 raise SimError(f"{where}.size: every side must be > 0 m, got {box.axes_lengths.tolist()}")
             objects.append(ObjectInstance(iid, str(o["category"]), box))
-            appearance[iid] = Appearance(str(o.get("shape", "box")), _color(o.get("color", (0.6, 0.6, 0.6)), f"{where}.color"))
+            color = _color(o.get("color", (0.6, 0.6, 0.6)), f"{where}.color")
+            appearance[iid] = Appearance(str(o.get("shape", "box")), color)
         return cls(name=str(data.get("name", "sim_scene")), room=room, objects=objects, appearance=appearance,
                    room_appearance=room_app, seed=data.get("seed"), source=data.get("source"))
 
@@ -556,7 +559,8 @@ def robot_patrol(scene, seed: int = 0, n: int = 60, fps: float = 10.0, intrinsic
     _check_counts(n, fps)
     room, boxes = _scene_parts(scene)
     rng = np.random.default_rng(seed)
-    draw, free = _free_space_sampler(room, boxes, wall_margin=robot_radius + 0.15, obstacle_margin=robot_radius, rng=rng)
+    draw, free = _free_space_sampler(room, boxes, wall_margin=robot_radius + 0.15, obstacle_margin=robot_radius,
+                                     rng=rng)
     start = draw()
     if start is None:
         raise SimError(f"robot_patrol: no free floor for a robot of radius {robot_radius} m in this scene")
@@ -719,8 +723,9 @@ class Simulation:
             if keep.sum() == 0:
                 continue
             u, v = uv[keep, 0], uv[keep, 1]
-            out[obj.instance_id] = (float(np.clip(u.min(), 0, intr.width - 1)), float(np.clip(v.min(), 0, intr.height - 1)),
-                                    float(np.clip(u.max(), 0, intr.width - 1)), float(np.clip(v.max(), 0, intr.height - 1)))
+            u_lo, u_hi = np.clip([u.min(), u.max()], 0, intr.width - 1)
+            v_lo, v_hi = np.clip([v.min(), v.max()], 0, intr.height - 1)
+            out[obj.instance_id] = (float(u_lo), float(v_lo), float(u_hi), float(v_hi))
         return out
 
     def ground_truth(self, frame_indices: Sequence[int] | None = None) -> SceneGraph:

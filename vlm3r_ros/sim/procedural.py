@@ -46,8 +46,10 @@ KINDS = {
     "plant": Kind("plant", "plant", (0.4, 0.6), (0.4, 0.6), (0.8, 1.3), ((0.15, 0.50, 0.18), (0.25, 0.60, 0.20))),
     "ball": Kind("ball", "ball", (0.22, 0.26), (0.22, 0.26), (0.22, 0.26), ((1.0, 1.0, 1.0),)),
     "toy duck": Kind("toy duck", "duck", (0.18, 0.26), (0.18, 0.26), (0.18, 0.26), ((1.0, 1.0, 1.0),)),
-    "teddy bear": Kind("teddy bear", "teddy", (0.3, 0.4), (0.3, 0.4), (0.3, 0.4), ((0.60, 0.40, 0.22), (0.75, 0.55, 0.35))),
-    "cup": Kind("cup", "mug", (0.1, 0.12), (0.1, 0.12), (0.1, 0.12), ((0.9, 0.9, 0.88), (0.8, 0.25, 0.2), (0.2, 0.4, 0.8))),
+    "teddy bear": Kind("teddy bear", "teddy", (0.3, 0.4), (0.3, 0.4), (0.3, 0.4),
+                       ((0.60, 0.40, 0.22), (0.75, 0.55, 0.35))),
+    "cup": Kind("cup", "mug", (0.1, 0.12), (0.1, 0.12), (0.1, 0.12),
+                ((0.9, 0.9, 0.88), (0.8, 0.25, 0.2), (0.2, 0.4, 0.8))),
 }
 ON_TABLE = ("toy duck", "teddy bear", "cup")
 ROUND = ("lamp", "trash can", "plant")  # round shapes: width == depth
@@ -217,7 +219,8 @@ def _things_on_top(layout: _Layout, table: OrientedBox, count: int):
         kind = KINDS[str(category)]
         size = layout.size_of(kind)
         for _ in range(50):
-            local = layout.rng.uniform(-1, 1, size=2) * np.maximum(table.axes_lengths[:2] / 2 - size[:2].max() / 2 - 0.05, 0)
+            reach = np.maximum(table.axes_lengths[:2] / 2 - size[:2].max() / 2 - 0.05, 0)  # stay 5 cm off the edge
+            local = layout.rng.uniform(-1, 1, size=2) * reach
             centre = table.centroid[:2] + local @ table.axes[:2, :2]
             yaw = layout.rng.uniform(-math.pi, math.pi)
             box = OrientedBox.create([centre[0], centre[1], top_z + size[2] / 2], size, yaw_axes(yaw))
