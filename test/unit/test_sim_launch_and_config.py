@@ -1,0 +1,177 @@
+"""The simulation bridge's parameter table, config/sim_bridge.yaml, launch/sim.launch.py,
+the ros2-run scripts and the console scripts agree; vlm3r-sim-eval refuses bad arguments.
+
+launch and launch_ros are not installable here, so the launch file is read as a syntax tree
+(never executed), as test_launch_and_config.py does for launch/vlm3r.launch.py.
+"""
+import ast
+import importlib.metadata
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vlm3r_ros.ros import sim_bridge
+from vlm3r_ros.ros.sim_bridge import PARAMETER_NAMES, PARAMETERS, BridgeSettings, check_parameter
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCH = ROOT / 'launch' / 'sim.launch.py'
+SPECS = {p.name: p for p in PARAMETERS}
+
+
+def settings(**overrides):
+    values = {p.name: p.default for p in PARAMETERS}
+    values.update(overrides)
+    return BridgeSettings(**values)
+
+
+# ------------------------------------------------------------------ parameters
+def test_parameter_table_is_consistent():
+    assert len(PARAMETER_NAMES) == len(set(PARAMETER_NAMES))
+    assert set(PARAMETER_NAMES) == set(BridgeSettings.__dataclass_fields__)
+    for spec in PARAMETERS:
+        assert spec.description, spec.name
+        assert check_parameter(spec.name, spec.default) is None, spec.name
+        assert spec.descriptor().read_only, f'{spec.name}: every bridge parameter is read once at start'
+        if spec.int_range:
+            assert spec.int_range[0] <= spec.default <= spec.int_range[1], spec.name
+        if spec.float_range:
+            assert spec.float_range[0] <= spec.default <= spec.float_range[1], spec.name
+    settings().check()
+
+
+@pytest.mark.parametrize('name, value, message', [
+    ('backend', 'gazebo', 'one of pybullet, habitat'),
+    ('trajectory_kind', 'fly', 'one of handheld, patrol'),
+    ('image_topic', 'bad topic', 'not a valid topic name'),
+    ('lockstep_state_topic', '1node/state', 'not a valid topic name'),
+    ('map_frame_id', '/map', 'tf2 frame id'),
+    ('optical_frame_id', 'camera optical', 'tf2 frame id'),
+    ('camera_mount', [0.0, 0.0, 1.0], '6 finite numbers'),
+    ('camera_mount', [0.0, 0.0, 1.0, 0.0, float('nan'), 0.0], '6 finite numbers'),
+    ('width', 4, 'at least 8 pixels'),
+])
+def test_bad_values_are_refused_with_a_reason(name, value, message):
+    reason = check_parameter(name, value)
+    assert reason is not None and message in reason and name in reason
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(width=0, height=480), 'both be 0'),
+    (dict(width=0, height=0), 'a generated trajectory needs a size'),
+    (dict(odom_frame_id='map'), 'frame ids must differ'),
+])
+def test_inconsistent_settings_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        settings(**overrides).check()
+    settings(width=0, height=0, trajectory_file='t.json').check()  # a file keeps its own size
+
+
+def test_pass_period_keeps_stamps_increasing_when_looping():
+    assert sim_bridge.pass_period_s([0.0, 0.1, 0.2, 0.3]) == pytest.approx(0.4)
+    assert sim_bridge.pass_period_s([0.0]) == 1.0
+
+
+# ------------------------------------------------------------------ YAML
+def test_yaml_lists_every_parameter_with_its_default():
+    doc = yaml.safe_load((ROOT / 'config' / 'sim_bridge.yaml').read_text())
+    assert list(doc) == ['/**']
+    params = doc['/**']['ros__parameters']
+    assert set(params) == set(PARAMETER_NAMES)
+    for name, value in params.items():
+        default = SPECS[name].default
+        if isinstance(default, tuple):
+            assert value == list(default) and all(isinstance(v, float) for v in value), name
+        else:
+            assert type(value) is type(default), f'{name}: {value!r} is not a {type(default).__name__}'
+            assert value == default, f'{name}: YAML {value!r} != default {default!r}'
+
+
+# ------------------------------------------------------------------ launch file
+def launch_tree():
+    return ast.parse(LAUNCH.read_text(), filename=str(LAUNCH))
+
+
+def calls(tree, name):
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+            and (getattr(n.func, 'id', None) == name or getattr(n.func, 'attr', None) == name)]
+
+
+def keyword(call, name):
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def test_launch_file_starts_the_bridge_and_the_node_on_sim_time():
+    tree = launch_tree()
+    imported = {n.module.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {'launch', 'launch_ros'}, imported
+    assert 'generate_launch_description' in [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+    (bridge,) = calls(tree, 'Node')
+    (node,) = calls(tree, 'LifecycleNode')
+    assert ast.literal_eval(keyword(bridge, 'executable')) == 'vlm3r_sim_bridge'
+    assert ast.literal_eval(keyword(node, 'executable')) == 'vlm3r_node'
+    node_name = ast.literal_eval(keyword(node, 'name'))
+    bridge_params = [e for e in keyword(bridge, 'parameters').elts if isinstance(e, ast.Dict)][0]
+    keys = [ast.literal_eval(k) for k in bridge_params.keys]
+    assert set(keys) <= set(PARAMETER_NAMES)
+    lockstep = ast.literal_eval(bridge_params.values[keys.index('lockstep_state_topic')])
+    assert lockstep == f'{node_name}/state', 'the bridge waits for the node it launches'
+    node_params = [e for e in keyword(node, 'parameters').elts if isinstance(e, ast.Dict)][0]
+    assert {ast.literal_eval(k): ast.literal_eval(v) for k, v in zip(node_params.keys, node_params.values)} == {
+        'use_sim_time': True}
+
+
+def test_launch_arguments_are_declared_and_used():
+    tree = launch_tree()
+    declared = {ast.literal_eval(c.args[0]) for c in calls(tree, 'DeclareLaunchArgument')}
+    used = {ast.literal_eval(c.args[0]) for c in calls(tree, 'LaunchConfiguration')}
+    assert declared == used == {'bridge_params_file', 'node_params_file', 'num_frames', 'output_dir', 'namespace'}
+    text = LAUNCH.read_text()
+    for name in ('sim_bridge.yaml', 'tiny.yaml', 'fastdds_large_data.xml'):
+        assert f"'{name}'" in text and (ROOT / 'config' / name).is_file()
+
+
+def test_ros2_run_scripts_exist_and_cmake_installs_them():
+    for executable, module in (('vlm3r_sim_bridge', 'vlm3r_ros.ros.sim_bridge'), ('vlm3r_node', 'vlm3r_ros.ros.main')):
+        script = ROOT / 'scripts' / executable
+        assert f'from {module} import main' in script.read_text()
+        install = re.search(r'install\(PROGRAMS ([^)]*) DESTINATION lib/\$\{PROJECT_NAME\}\)',
+                            (ROOT / 'CMakeLists.txt').read_text())
+        assert install and f'scripts/{executable}' in install.group(1).split()
+
+
+def test_console_scripts_are_registered():
+    scripts = {e.name: e.value for e in importlib.metadata.entry_points(group='console_scripts')}
+    assert scripts.get('vlm3r-sim-bridge') == 'vlm3r_ros.ros.sim_bridge:main'
+    assert scripts.get('vlm3r-sim-eval') == 'vlm3r_ros.tools.sim_eval:main'
+
+
+# ------------------------------------------------------------------ vlm3r-sim-eval arguments
+@pytest.mark.parametrize('argv, message', [
+    (['--frames', '1'], '--frames must be in 2..100000'),
+    (['--rate', '0'], '--rate must be a positive'),
+    (['--max-per-type', '-1'], '--max-per-type must be >= 0'),
+    (['--params-file', '/nonexistent.yaml'], '--params-file /nonexistent.yaml: no such file'),
+])
+def test_sim_eval_refuses_bad_arguments(argv, message, capsys):
+    from vlm3r_ros.tools import sim_eval
+
+    assert sim_eval.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sim_eval_bridge_command_uses_declared_parameters(tmp_path):
+    from vlm3r_ros.tools import sim_eval
+
+    args = sim_eval.build_parser().parse_args(['--frames', '8', '--size', '96x72', '--scene-file', __file__])
+    argv = sim_eval.bridge_argv(args, tmp_path / 'b.yaml', tmp_path / 'sim', 'image')
+    assert argv[argv.index('--ros-args') + 1:argv.index('--ros-args') + 3] == ['--params-file', str(tmp_path / 'b.yaml')]
+    params = dict(argv[i + 1].split(':=', 1) for i, a in enumerate(argv) if a == '-p')
+    assert set(params) <= set(PARAMETER_NAMES)
+    assert params['num_frames'] == '8' and (params['width'], params['height']) == ('96', '72')
+    assert params['lockstep_state_topic'] == 'vlm3r_node/state' and params['exit_when_done'] == 'true'
+    for name, text in params.items():
+        value = yaml.safe_load(text)
+        if SPECS[name].default != '':  # strings stay strings; numbers and bools parse as their type
+            assert isinstance(value, type(SPECS[name].default)), name
