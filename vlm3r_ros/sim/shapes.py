@@ -106,7 +106,11 @@ def shape_parts(name: str) -> list[Part]:
 
 
 def pybullet_data_path() -> Path:
-    import pybullet_data  # ships with pybullet; only a folder path
+    try:
+        import pybullet_data  # ships with pybullet; only a folder path
+    except ImportError as exc:
+        raise ImportError("the mesh models (duck, teddy, mug, ball) come from pybullet_data, part of pybullet: "
+                          "pip install -c constraints.txt pybullet==3.2.7 (it is in requirements.txt)") from exc
     return Path(pybullet_data.getDataPath())
 
 
