@@ -166,7 +166,8 @@ def test_sim_eval_bridge_command_uses_declared_parameters(tmp_path):
 
     args = sim_eval.build_parser().parse_args(['--frames', '8', '--size', '96x72', '--scene-file', __file__])
     argv = sim_eval.bridge_argv(args, tmp_path / 'b.yaml', tmp_path / 'sim', 'image')
-    assert argv[argv.index('--ros-args') + 1:argv.index('--ros-args') + 3] == ['--params-file', str(tmp_path / 'b.yaml')]
+    start = argv.index('--ros-args') + 1
+    assert argv[start:start + 2] == ['--params-file', str(tmp_path / 'b.yaml')]
     params = dict(argv[i + 1].split(':=', 1) for i, a in enumerate(argv) if a == '-p')
     assert set(params) <= set(PARAMETER_NAMES)
     assert params['num_frames'] == '8' and (params['width'], params['height']) == ('96', '72')

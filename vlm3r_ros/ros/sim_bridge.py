@@ -273,7 +273,6 @@ def _atomic_write(path: Path, text: str) -> None:
 # ---------------------------------------------------------------------------------- the node
 def _make_node_class():
     """The rclpy node class (built on first use, so this module imports without rclpy)."""
-    import rclpy
     from nav_msgs.msg import Odometry
     from rclpy.node import Node
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
