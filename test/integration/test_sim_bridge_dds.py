@@ -276,3 +276,44 @@ def test_sigint_after_the_run_exits_cleanly(run):
     assert child.running(), 'exit_when_done false keeps the bridge up'
     assert child.stop(timeout=10.0) == 0
     assert not math.isnan(json.loads((out / 'run.json').read_text())['wall_s'])
+
+
+def test_loop_keeps_simulation_time_increasing(tmp_path):
+    """With loop the trajectory starts again; stamps keep growing by one frame step across the
+    seam; the ground truth stays one pass (3 trajectory frames)."""
+    probe = Probe()
+    argv = [sys.executable, str(FIXTURES / 'sim_bridge.py'), '--ros-args', '-r', '__ns:=/sim',
+            '-p', 'num_frames:=3', '-p', 'width:=64', '-p', 'height:=48', '-p', 'rate_hz:=20.0', '-p', 'loop:=true',
+            '-p', 'wait_for_subscribers:=1', '-p', 'scene_graph_every:=1', '-p', f'output_dir:={tmp_path}']
+    child = Child(argv, tmp_path / 'bridge.log')
+    try:
+        probe.spin_until(lambda: len(probe.images) >= 8, 'eight frames over three passes', child)
+        stamps = [stamp_to_ns(m.header.stamp) for m in probe.images[:8]]
+        steps = np.diff(stamps)
+        assert np.all(steps == round(1e9 / FPS)), stamps  # 10 fps trajectory, seam included
+        assert child.stop(timeout=10.0) == 0
+        doc = json.loads((tmp_path / 'scene_graph.json').read_text())
+        graph, _ = scene_graph_from_payload(json.dumps(doc))
+        assert doc['complete'] and doc['passes'] >= 2 and doc['frames_published'] >= 8
+        assert [f.frame_id for f in graph.frames] == [0, 1, 2]
+        assert json.loads((tmp_path / 'run.json').read_text())['stopped']
+    finally:
+        child.stop()
+        probe.close()
+
+
+@pytest.mark.parametrize('params, code, message', [
+    (['-p', 'backend:=gazebo'], 2, 'backend must be one of pybullet, habitat'),
+    (['-p', 'width:=0'], 2, 'width and height must both be 0'),
+    (['-p', 'scene_file:=/nonexistent/room.yaml'], 1, '/nonexistent/room.yaml'),
+])
+def test_bad_settings_exit_with_a_reason(tmp_path, params, code, message):
+    child = Child([sys.executable, str(FIXTURES / 'sim_bridge.py'), '--ros-args', *params], tmp_path / 'bridge.log')
+    try:
+        child.proc.wait(timeout=WAIT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f'the bridge did not exit: {child.describe()}')
+    finally:
+        child.stop()
+    assert child.proc.returncode == code, child.describe()
+    assert message in child.output(), child.describe()
