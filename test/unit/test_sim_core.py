@@ -16,7 +16,7 @@ import pytest
 
 from vlm3r_ros.data.scene_graph import ObjectInstance, OrientedBox
 from vlm3r_ros.sim.core import (Appearance, Intrinsics, Room, SimError, SimScene, Trajectory, box_yaw,
-                                handheld_walk, look_at, make_simulation, robot_patrol, yaw_axes)
+                                handheld_walk, look_at, make_simulation, robot_patrol, scan_turn, yaw_axes)
 from vlm3r_ros.sim.procedural import KINDS, generate_scene
 from vlm3r_ros.sim.shapes import SHAPES, natural_proportions
 
@@ -153,9 +153,30 @@ def test_robot_patrol_turns_in_place_then_drives():
         assert not np.any(np.all(np.abs(local) <= obj.box.axes_lengths[:2] / 2 + 0.29, axis=1)), obj.category
 
 
+def test_scan_turn_stands_still_and_turns_once_evenly():
+    scene = generate_scene(0)
+    traj = scan_turn(scene, seed=0, n=90, fps=10.0)
+    np.testing.assert_allclose(traj.positions, np.broadcast_to(traj.positions[0], traj.positions.shape))
+    assert scene.room.contains(traj.positions[:1, :2], margin=0.5).all()
+    yaw, pitch, roll = _yaw_pitch_roll(traj.camera_to_world)
+    np.testing.assert_allclose(pitch, math.radians(-15.0), atol=1e-9)
+    np.testing.assert_allclose(roll, 0.0, atol=1e-9)
+    steps = (np.diff(yaw) + math.pi) % (2 * math.pi) - math.pi
+    np.testing.assert_allclose(steps, 2 * math.pi / 90, atol=1e-9)  # one full turn, even rate
+    # It starts facing the fewest objects: no more object centres within the half field of
+    # view than in any other of the headings it passes.
+    half_fov = math.atan(traj.intrinsics.width / 2 / traj.intrinsics.fx)
+    eye = traj.positions[0, :2]
+    bearings = np.array([math.atan2(o.box.centroid[1] - eye[1], o.box.centroid[0] - eye[0]) for o in scene.objects])
+
+    def in_view(h):
+        return int(np.sum(np.abs((bearings - h + math.pi) % (2 * math.pi) - math.pi) < half_fov))
+    assert in_view(yaw[0]) <= min(in_view(h) for h in yaw)
+
+
 def test_trajectories_are_deterministic_per_seed():
     room = Room.rectangle(0, 0, 5, 4)
-    for make in (handheld_walk, robot_patrol):
+    for make in (handheld_walk, robot_patrol, scan_turn):
         a, b, c = make(room, seed=7, n=20), make(room, seed=7, n=20), make(room, seed=8, n=20)
         np.testing.assert_array_equal(a.camera_to_world, b.camera_to_world)
         assert not np.allclose(a.camera_to_world, c.camera_to_world)

@@ -43,7 +43,7 @@ def test_parameter_table_is_consistent():
 
 @pytest.mark.parametrize('name, value, message', [
     ('backend', 'gazebo', 'one of pybullet, habitat'),
-    ('trajectory_kind', 'fly', 'one of handheld, patrol'),
+    ('trajectory_kind', 'fly', 'one of handheld, patrol, scan'),
     ('image_topic', 'bad topic', 'not a valid topic name'),
     ('lockstep_state_topic', '1node/state', 'not a valid topic name'),
     ('map_frame_id', '/map', 'tf2 frame id'),

@@ -500,3 +500,25 @@ def test_handheld_walk_depends_on_the_scene_only_through_its_geometry(walk):
     sim, _ = walk
     again = handheld_walk(sim.scene, seed=3, n=24, fps=2.0, intrinsics=sim.trajectory.intrinsics)
     np.testing.assert_array_equal(again.camera_to_world, sim.trajectory.camera_to_world)
+
+
+def test_scan_turn_gives_appearance_order_questions_that_match_the_rendered_masks():
+    # Turning on the spot, objects come into view one by one: the first-appearance order the
+    # generator asks about must be the order in which the rendered masks first show them.
+    n, fps = 120, 10.0
+    with make_simulation("pybullet", seed=0, trajectory_kind="scan", n_frames=n, fps=fps,
+                         intrinsics=Intrinsics.from_hfov(160, 120, 60.0)) as sim:
+        first_pixel_frame = {}
+        for frame in sim:
+            ids, counts = np.unique(frame.rendered.instance_ids, return_counts=True)
+            for iid, count in zip(ids, counts):
+                if iid >= 0 and count >= 4:  # the visibility threshold: 1/5000 of 160x120 pixels
+                    first_pixel_frame.setdefault(int(iid), frame.index)
+        gt = sim.ground_truth()
+    rows = _rows("obj_appearance_order", gt)
+    assert rows, "a full turn in the room of seed 0 should allow first-appearance questions"
+    for row in rows:
+        order = row.ground_truth.split(", ")
+        first_seconds = [round(min(first_pixel_frame[o.instance_id] for o in gt.instances_of(c)) / fps)
+                         for c in order]
+        assert all(b - a > 1 for a, b in zip(first_seconds, first_seconds[1:])), (order, first_seconds)

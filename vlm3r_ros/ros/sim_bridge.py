@@ -66,7 +66,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Empty: a room generated from seed."),
     ParamSpec("trajectory_file", "", "Trajectory file (JSON, docs/sim.md). Empty: generate trajectory_kind."),
     ParamSpec("trajectory_kind", "handheld", "Generated camera path: 'handheld' (a person walking with a "
-              "camera) or 'patrol' (a wheeled robot).", choices=("handheld", "patrol")),
+              "camera), 'patrol' (a wheeled robot) or 'scan' (turning on the spot: objects come into view "
+              "one by one).", choices=("handheld", "patrol", "scan")),
     ParamSpec("num_frames", 60, "Frames of a generated trajectory.", int_range=(1, 1_000_000)),
     ParamSpec("fps", 10.0, "Frame rate of a generated trajectory (simulation time between frames = 1/fps).",
               float_range=(0.1, 1000.0)),

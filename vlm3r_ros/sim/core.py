@@ -603,7 +603,38 @@ def robot_patrol(scene, seed: int = 0, n: int = 60, fps: float = 10.0, intrinsic
     return Trajectory(times, poses, intrinsics or Intrinsics.from_hfov())
 
 
-TRAJECTORY_KINDS = {"handheld": handheld_walk, "patrol": robot_patrol}
+def scan_turn(scene, seed: int = 0, n: int = 60, fps: float = 10.0, intrinsics: Intrinsics | None = None,
+              eye_height: float = 1.4, pitch_deg: float = -15.0, turns: float = 1.0) -> Trajectory:
+    """A person standing on free floor near the room centre and turning on the spot at an even
+    rate, ``turns`` full turns over the run. It starts facing the direction with the fewest
+    objects, so objects come into view one after another: the path for first-appearance
+    questions, which the walking and patrolling cameras (seeing most of a small room in their
+    first frame) rarely allow."""
+    _check_counts(n, fps)
+    room, boxes = _scene_parts(scene)
+    rng = np.random.default_rng(seed)
+    tall = [b for b in boxes if b.maximum[2] > eye_height - 0.25]
+    draw, _free = _free_space_sampler(room, tall, wall_margin=0.6, obstacle_margin=0.3, rng=rng)
+    candidates = [q for q in (draw() for _ in range(20)) if q is not None]
+    if not candidates:
+        raise SimError(f"scan_turn: no free floor to stand on in this scene (seed {seed})")
+    centre = room.center[:2]
+    spot = min(candidates, key=lambda q: float(np.linalg.norm(q - centre)))
+    # Start where the fewest object centres lie within half a field of view of the heading.
+    intrinsics = intrinsics or Intrinsics.from_hfov()
+    half_fov = math.atan(intrinsics.width / 2 / intrinsics.fx)
+    bearings = np.array([math.atan2(b.centroid[1] - spot[1], b.centroid[0] - spot[0]) for b in boxes])
+    headings = np.linspace(-math.pi, math.pi, 72, endpoint=False)
+    in_view = [int(np.sum(np.abs((bearings - h + math.pi) % (2 * math.pi) - math.pi) < half_fov)) for h in headings]
+    start = float(headings[int(np.argmin(in_view))])
+    times = np.arange(n) / fps
+    yaw = start + 2 * math.pi * turns * np.arange(n) / max(n, 1)
+    eye = np.array([spot[0], spot[1], eye_height])
+    poses = np.stack([_pose_from_angles(eye, y, math.radians(pitch_deg), 0.0) for y in yaw])
+    return Trajectory(times, poses, intrinsics)
+
+
+TRAJECTORY_KINDS = {"handheld": handheld_walk, "patrol": robot_patrol, "scan": scan_turn}
 
 
 def _check_counts(n: int, fps: float):
@@ -771,7 +802,7 @@ def make_simulation(backend: str = "pybullet", scene: SimScene | str | Path | No
     ``seed`` (pybullet). For the Habitat backend a path to a Habitat scene (.glb, .ply or
     .scene_instance.json) is read through habitat-sim. trajectory: a Trajectory, a trajectory
     file, or None to generate ``n_frames`` at ``fps`` with ``trajectory_kind`` ('handheld' or
-    'patrol') and ``seed``; ``intrinsics`` overrides the file's or the default 640x480, 60 deg.
+    'patrol' or 'scan') and ``seed``; ``intrinsics`` overrides the file's or the default 640x480, 60 deg.
     """
     if backend not in BACKENDS:
         raise SimError(f"unknown simulator backend {backend!r}; expected one of {list(BACKENDS)}")

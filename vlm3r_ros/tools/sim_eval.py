@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="simulator backend (default pybullet)")
     parser.add_argument("--seed", type=int, default=0, help="scene and trajectory seed (default 0)")
     parser.add_argument("--scene-file", type=Path, default=None, help="scene file instead of a generated room")
-    parser.add_argument("--trajectory-kind", choices=("handheld", "patrol"), default="handheld",
+    parser.add_argument("--trajectory-kind", choices=("handheld", "patrol", "scan"), default="handheld",
                         help="generated camera path (default handheld)")
     parser.add_argument("--frames", type=int, default=16, help="frames to publish (default 16)")
     parser.add_argument("--size", type=_parse_size, default=(160, 120), metavar="WxH",
