@@ -53,8 +53,11 @@ setup(
     # omegaconf is only needed by tests that write .pth files as CUT3R's training script does;
     # our loader reads such files without it.
     # eval: parquet benchmark files (pyarrow) and vlm3r-eval --plot (matplotlib).
+    # sim: the pybullet renderer of vlm3r_ros.sim (vlm3r-sim-bridge, vlm3r-sim-eval); the
+    # Habitat backend needs habitat-sim, which users install themselves (docs/sim.md).
     extras_require={'test': ['pytest', 'pytest-timeout', 'omegaconf', 'tiktoken'],
-                    'eval': ['pyarrow', 'matplotlib']},
+                    'eval': ['pyarrow', 'matplotlib'],
+                    'sim': ['pybullet']},
     zip_safe=False,
     entry_points={
         'console_scripts': [

@@ -27,13 +27,14 @@ class SceneGraphError(ValueError):
     """A scene description we cannot use, with what is wrong and where."""
 
 
-def _array(value, shape: tuple[int, ...], what: str) -> np.ndarray:
+def finite_array(value, shape: tuple[int, ...], what: str, error: type[Exception] = SceneGraphError) -> np.ndarray:
+    """``value`` as a float64 array of ``shape``, all finite; else ``error`` naming ``what``."""
     try:
         out = np.asarray(value, dtype=np.float64).reshape(shape)
     except (TypeError, ValueError) as exc:
-        raise SceneGraphError(f"{what}: expected {math.prod(shape)} numbers (shape {shape}), got {value!r}") from exc
+        raise error(f"{what}: expected {math.prod(shape)} numbers (shape {shape}), got {value!r}") from exc
     if not np.all(np.isfinite(out)):
-        raise SceneGraphError(f"{what}: non-finite values in {value!r}")
+        raise error(f"{what}: non-finite values in {value!r}")
     return out
 
 
@@ -47,18 +48,18 @@ class OrientedBox:
 
     @classmethod
     def create(cls, centroid, axes_lengths, axes=None, *, what: str = "box") -> "OrientedBox":
-        c = _array(centroid, (3,), f"{what}.centroid")
-        lengths = _array(axes_lengths, (3,), f"{what}.axesLengths")
+        c = finite_array(centroid, (3,), f"{what}.centroid")
+        lengths = finite_array(axes_lengths, (3,), f"{what}.axesLengths")
         if np.any(lengths < 0):
             raise SceneGraphError(f"{what}.axesLengths: lengths must be >= 0, got {lengths.tolist()}")
-        r = np.eye(3) if axes is None else _array(axes, (3, 3), f"{what}.normalizedAxes")
+        r = np.eye(3) if axes is None else finite_array(axes, (3, 3), f"{what}.normalizedAxes")
         if not np.allclose(r @ r.T, np.eye(3), atol=1e-3):
             raise SceneGraphError(f"{what}.normalizedAxes: rows must be orthonormal, got {r.tolist()}")
         return cls(c, lengths, r)
 
     @classmethod
     def axis_aligned(cls, minimum, maximum, *, what: str = "box") -> "OrientedBox":
-        lo, hi = _array(minimum, (3,), f"{what}.min"), _array(maximum, (3,), f"{what}.max")
+        lo, hi = finite_array(minimum, (3,), f"{what}.min"), finite_array(maximum, (3,), f"{what}.max")
         if np.any(hi < lo):
             raise SceneGraphError(f"{what}: max {hi.tolist()} is below min {lo.tolist()}")
         return cls((lo + hi) / 2, hi - lo, np.eye(3))
@@ -270,7 +271,7 @@ class SceneGraph:
                 visible[int(v["instance_id"])] = None if box2d is None else tuple(float(x) for x in box2d)
             frame_list.append(FrameAnnotation(
                 frame_id=int(f["frame_id"]) if "frame_id" in f else k,
-                camera_to_world=_array(pose, (4, 4), f"{what}.camera_pose_camera_to_world"),
+                camera_to_world=finite_array(pose, (4, 4), f"{what}.camera_pose_camera_to_world"),
                 intrinsics=None if k_mat is None else _intrinsics(k_mat, f"{what}.camera_intrinsics"),
                 visible=visible,
                 image_path=f.get("file_path_color"),
@@ -281,7 +282,7 @@ class SceneGraph:
             objects=objects,
             frames=frame_list,
             room_size=None if scene.get("room_size") is None else float(scene["room_size"]),
-            room_center=None if room_center is None else _array(room_center, (3,), f"scene {scene_name}.room_center"),
+            room_center=None if room_center is None else finite_array(room_center, (3,), f"scene {scene_name}.room_center"),
             dataset=str(scene.get("dataset", "custom")),
             video_path=scene.get("video_path"),
             fps=None if scene.get("fps") is None else float(scene["fps"]),
@@ -293,7 +294,7 @@ def _intrinsics(value, what: str) -> np.ndarray:
     arr = np.asarray(value, dtype=np.float64)
     if arr.shape == (4, 4):
         arr = arr[:3, :3]
-    return _array(arr, (3, 3), what)
+    return finite_array(arr, (3, 3), what)
 
 
 def floor_area(polygon_xy: Sequence[Sequence[float]] | Iterable) -> float:

@@ -23,7 +23,7 @@ from typing import Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from ..data.scene_graph import FrameAnnotation, ObjectInstance, OrientedBox, SceneGraph, floor_area
+from ..data.scene_graph import FrameAnnotation, ObjectInstance, OrientedBox, SceneGraph, finite_array, floor_area
 
 SCENE_FORMAT = "vlm3r_sim_scene/1"
 TRAJECTORY_FORMAT = "vlm3r_sim_trajectory/1"
@@ -37,13 +37,7 @@ class SimError(ValueError):
 
 
 def _floats(value, shape: tuple[int, ...], what: str) -> np.ndarray:
-    try:
-        out = np.asarray(value, dtype=np.float64).reshape(shape)
-    except (TypeError, ValueError) as exc:
-        raise SimError(f"{what}: expected {math.prod(shape)} numbers (shape {shape}), got {value!r}") from exc
-    if not np.all(np.isfinite(out)):
-        raise SimError(f"{what}: non-finite values in {value!r}")
-    return out
+    return finite_array(value, shape, what, error=SimError)
 
 
 # ------------------------------------------------------------------------------------ camera
