@@ -164,10 +164,11 @@ class SceneGraph:
         for f in self.frames:
             unknown = set(f.visible) - known
             if unknown:
-                raise SceneGraphError(
-                    f"scene {self.scene_name}, frame {f.frame_id}: visible instances {sorted(unknown)} are not objects of the scene")
+                raise SceneGraphError(f"scene {self.scene_name}, frame {f.frame_id}: visible instances "
+                                      f"{sorted(unknown)} are not objects of the scene")
         if self.room_size is not None and not (self.room_size > 0 and math.isfinite(self.room_size)):
-            raise SceneGraphError(f"scene {self.scene_name}: room_size must be a positive area in m^2, got {self.room_size}")
+            raise SceneGraphError(f"scene {self.scene_name}: room_size must be a positive area in m^2, "
+                                  f"got {self.room_size}")
 
     # --- queries the generators share ---------------------------------------------------------
     def instance(self, instance_id: int) -> ObjectInstance:
@@ -282,7 +283,8 @@ class SceneGraph:
             objects=objects,
             frames=frame_list,
             room_size=None if scene.get("room_size") is None else float(scene["room_size"]),
-            room_center=None if room_center is None else finite_array(room_center, (3,), f"scene {scene_name}.room_center"),
+            room_center=(None if room_center is None
+                         else finite_array(room_center, (3,), f"scene {scene_name}.room_center")),
             dataset=str(scene.get("dataset", "custom")),
             video_path=scene.get("video_path"),
             fps=None if scene.get("fps") is None else float(scene["fps"]),
