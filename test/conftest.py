@@ -4,7 +4,7 @@ DDS isolation. Importing this file (pytest does so before it imports any test
 module, hence before any test imports rclpy) gives this test run its own
 ROS_DOMAIN_ID and keeps discovery on this host, so two test runs on one machine,
 or a robot on the same network, never hear each other. Child processes started
-with the ``spawn_python`` fixture inherit the same environment. To debug with a
+with the ``start_child`` or ``spawn_python`` fixtures inherit the same environment. To debug with a
 fixed domain, set VLM3R_TEST_ROS_DOMAIN_ID.
 """
 import os
@@ -49,19 +49,31 @@ def ros_domain_id():
 
 
 class ChildProcess:
-    """A Python script started by a test, with its output in a file."""
+    """A process started by a test, with its output in a file."""
 
-    def __init__(self, name, proc, log_path):
+    def __init__(self, name, proc, log_path, stop_timeout=5.0):
         self.name = name
         self.proc = proc
         self.log_path = log_path
+        self.stop_timeout = stop_timeout
 
     @property
     def pid(self):
         return self.proc.pid
 
+    @property
+    def returncode(self):
+        return self.proc.returncode
+
     def running(self):
         return self.proc.poll() is None
+
+    def wait(self, timeout):
+        """The exit status, or None if the child still runs after ``timeout`` seconds."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def output(self):
         """Everything the child wrote to stdout and stderr so far."""
@@ -70,35 +82,76 @@ class ChildProcess:
         except FileNotFoundError:
             return ''
 
+    def tail(self, chars=6000):
+        """The end of output(): enough for a failure message without flooding it."""
+        return self.output()[-chars:]
+
     def describe(self):
         state = 'running' if self.running() else f'exited with {self.proc.returncode}'
-        return f'child {self.name} (pid {self.pid}, {state}); its output:\n{self.output()}'
+        return f'child {self.name} (pid {self.pid}, {state}); its output:\n{self.tail()}'
 
-    def stop(self, timeout=5.0):
-        """SIGINT (rclpy shuts down cleanly), then SIGKILL to its whole process group."""
+    def stop(self, timeout=None):
+        """SIGINT (rclpy shuts down cleanly), then SIGKILL to its whole process group.
+
+        Waits ``timeout`` (default: stop_timeout) seconds after SIGINT; returns the exit status.
+        """
         if self.running():
             try:
                 self.proc.send_signal(signal.SIGINT)
-                self.proc.wait(timeout=timeout)
+                self.proc.wait(timeout=self.stop_timeout if timeout is None else timeout)
             except subprocess.TimeoutExpired:
                 pass
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)  # also anything it started
         except (ProcessLookupError, PermissionError):
             pass
-        self.proc.wait()
-        return self.proc.returncode
+        return self.proc.wait()
+
+
+@pytest.fixture(scope='session')
+def start_child(tmp_path_factory):
+    """Start a command in a child process; returns a ChildProcess.
+
+    ``start_child(argv, name, env=None, log_dir=None, stop_timeout=5.0)`` runs
+    ``argv`` with this environment plus ``env``, stdin closed and output in
+    ``<log_dir>/<name>-<n>.log``. The child runs in its own process group and
+    gets VLM3R_TEST_PARENT_PID, so a fixture script that calls child_guard dies
+    with this process even if it is SIGKILLed. Session-scoped so module-scoped
+    fixtures can use it: callers stop their children when done (ChildProcess.stop);
+    any still running at the end of the session are stopped here, so none outlives
+    the test run even when a test or a fixture failed.
+    """
+    started = []
+    default_dir = tmp_path_factory.mktemp('children')
+
+    def start(argv, name, env=None, log_dir=None, stop_timeout=5.0):
+        child_env = dict(os.environ)
+        child_env.update(env or {})
+        child_env['VLM3R_TEST_PARENT_PID'] = str(os.getpid())
+        child_env['PYTHONUNBUFFERED'] = '1'
+        log_path = Path(log_dir or default_dir) / f'{name}-{len(started)}.log'  # n: unique in the session
+        with open(log_path, 'wb') as log:
+            proc = subprocess.Popen(
+                [str(a) for a in argv],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=child_env, start_new_session=True)
+        child = ChildProcess(name, proc, log_path, stop_timeout)
+        started.append(child)
+        return child
+
+    yield start
+
+    for child in reversed(started):
+        child.stop()
 
 
 @pytest.fixture
-def spawn_python(tmp_path):
+def spawn_python(tmp_path, start_child):
     """Start a Python script in a child process; it is killed when the test ends.
 
     ``spawn_python(script, *args, env=None)`` runs ``script`` (a path, or a file
-    name in test/fixtures/) with this interpreter and returns a ChildProcess.
-    The child runs in its own process group, which teardown kills even if the
-    test failed; the child also gets PDEATHSIG via VLM3R_TEST_PARENT_PID (see
-    test/fixtures/child_guard.py) in case this process dies first.
+    name in test/fixtures/) with this interpreter via ``start_child`` and returns
+    its ChildProcess; teardown stops it even if the test failed.
     """
     children = []
 
@@ -108,17 +161,7 @@ def spawn_python(tmp_path):
             script = FIXTURES_DIR / script
         if not script.is_file():
             raise FileNotFoundError(f'no fixture script {script}')
-        child_env = dict(os.environ)
-        child_env.update(env or {})
-        child_env['VLM3R_TEST_PARENT_PID'] = str(os.getpid())
-        child_env['PYTHONUNBUFFERED'] = '1'
-        log_path = tmp_path / f'{script.stem}-{len(children)}.log'
-        with open(log_path, 'wb') as log:
-            proc = subprocess.Popen(
-                [sys.executable, str(script), *map(str, args)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=child_env, start_new_session=True)
-        child = ChildProcess(script.stem, proc, log_path)
+        child = start_child([sys.executable, script, *args], script.stem, env=env, log_dir=tmp_path)
         children.append(child)
         return child
 

@@ -9,9 +9,6 @@ NOT_ACTIVE), and BUSY / timeouts against a deliberately overloaded service in th
 Every wait is bounded; no assertion is about timing.
 """
 import json
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -82,37 +79,10 @@ def offline_predictions(bench_file, tmp_path_factory):
 
 
 # ------------------------------------------------------------------ the node
-class NodeProcess:
-    def __init__(self, log_path):
-        env = dict(os.environ, VLM3R_TEST_PARENT_PID=str(os.getpid()), PYTHONUNBUFFERED='1')
-        self.log_path = log_path
-        with open(log_path, 'wb') as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(FIXTURES / 'node_vlm3r.py'), '--ros-args', '--params-file', str(TINY_YAML),
-                 '-r', f'__ns:={NS}'],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-    def describe(self):
-        state = 'running' if self.proc.poll() is None else f'exited with {self.proc.returncode}'
-        return f'node pid {self.proc.pid} ({state}); output:\n{self.log_path.read_text(errors="replace")[-4000:]}'
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait()
-
-
 @pytest.fixture(scope='module')
-def node(tmp_path_factory):
-    proc = NodeProcess(tmp_path_factory.mktemp('live_node') / 'node.log')
+def node(start_child, tmp_path_factory):
+    proc = start_child([sys.executable, FIXTURES / 'node_vlm3r.py', '--ros-args', '--params-file', TINY_YAML,
+                        '-r', f'__ns:={NS}'], 'node', log_dir=tmp_path_factory.mktemp('live_node'), stop_timeout=10.0)
     try:
         yield proc
     finally:

@@ -9,10 +9,8 @@ assertion is about timing.
 """
 import io
 import math
-import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,64 +53,15 @@ STATE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durabili
 
 
 # ------------------------------------------------------------------ processes
-class Child:
-    """A fixture script in its own process group, output to a file, killed at teardown."""
-
-    def __init__(self, log_path, script, *args, env=None):
-        child_env = dict(os.environ, VLM3R_TEST_PARENT_PID=str(os.getpid()), PYTHONUNBUFFERED='1')
-        child_env.update(env or {})
-        self.log_path = log_path
-        with open(log_path, 'wb') as log:
-            self.proc = subprocess.Popen([sys.executable, str(FIXTURES / script), *map(str, args)],
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=child_env, start_new_session=True)
-
-    def running(self):
-        return self.proc.poll() is None
-
-    def output(self):
-        return self.log_path.read_text(errors='replace') if self.log_path.exists() else ''
-
-    def describe(self):
-        state = 'running' if self.running() else f'exited with {self.proc.returncode}'
-        return f'pid {self.proc.pid} ({state}); output:\n{self.output()[-6000:]}'
-
-    def wait(self, timeout):
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self):
-        if self.running():
-            self.proc.send_signal(signal.SIGINT)
-            self.wait(5.0)
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait()
-
-
 @pytest.fixture(scope='module')
-def children(tmp_path_factory):
-    started = []
-    folder = tmp_path_factory.mktemp('node_dds')
-
-    def spawn(script, *args, env=None):
-        child = Child(folder / f'{Path(script).stem}-{len(started)}.log', script, *args, env=env)
-        started.append(child)
-        return child
-
-    yield spawn
-    for child in reversed(started):
-        child.kill()
-
-
-@pytest.fixture(scope='module')
-def node_proc(children):
-    return children('node_vlm3r.py', '--ros-args', '--params-file', TINY_YAML, '-r', f'__ns:={NS}',
-                    '-p', 'compressed_image_topic:=image/compressed')
+def node_proc(start_child, tmp_path_factory):
+    node = start_child([sys.executable, FIXTURES / 'node_vlm3r.py', '--ros-args', '--params-file', TINY_YAML,
+                        '-r', f'__ns:={NS}', '-p', 'compressed_image_topic:=image/compressed'],
+                       'node_vlm3r', log_dir=tmp_path_factory.mktemp('node_dds'))
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 # ------------------------------------------------------------------ this process's client
@@ -430,14 +379,14 @@ def test_valid_parameter_changes_apply_at_run_time(client):
     assert 1 <= len(client.paths[-1].poses) <= 3
 
 
-def test_shipped_transport_setting_delivers_large_best_effort_frames(client, children):
+def test_shipped_transport_setting_delivers_large_best_effort_frames(client, spawn_python):
     """432x432 rgb8 (547 KiB) at 20 Hz, best effort, from a third process using the shipped
     Fast DDS profile (the sender's setting is the one that matters)."""
     count = 60
     client.call(client.reset_client, Trigger.Request(), 'reset before the large frames')
     before = client.state.frames_received
-    publisher = children('node_image_publisher.py', f'{NS}/image', count, 20.0, 432, 432, 'best_effort',
-                         env={'FASTDDS_DEFAULT_PROFILES_FILE': str(fastdds_profile_path())})
+    publisher = spawn_python('node_image_publisher.py', f'{NS}/image', count, 20.0, 432, 432, 'best_effort',
+                             env={'FASTDDS_DEFAULT_PROFILES_FILE': str(fastdds_profile_path())})
     client.spin_until(lambda: not publisher.running(), 'the large-frame publisher finishes', timeout=90)
     assert publisher.proc.returncode == 0, publisher.describe()
     received = lambda: client.state.frames_received - before  # noqa: E731
@@ -486,16 +435,16 @@ def test_sigint_shuts_the_node_down_cleanly(client, node_proc):
     assert 'shutting down' in output and 'Traceback' not in output, output[-3000:]
 
 
-def test_start_errors_and_sigterm(children):
+def test_start_errors_and_sigterm(spawn_python):
     """Empty weight paths are refused naming the parameter; a bad value at start is refused
     with the reason (through the `ros2 run` executable); an unconfigured node (autostart
     false) stops on SIGTERM with status 0."""
-    real = children('node_vlm3r.py', '--ros-args', '--params-file', ROOT / 'config' / 'vlm3r.yaml',
-                    '-r', '__ns:=/vlm3r_test_real')
+    real = spawn_python('node_vlm3r.py', '--ros-args', '--params-file', ROOT / 'config' / 'vlm3r.yaml',
+                        '-r', '__ns:=/vlm3r_test_real')
     ros2_run_executable = Path(sys.prefix) / 'lib' / 'vlm3r_ros' / 'vlm3r_node'
-    bad = children(ros2_run_executable, '--ros-args', '-p', 'image_qos_reliability:=sometimes',
-                   '-r', '__ns:=/vlm3r_test_bad')
-    idle = children('node_vlm3r.py', '--ros-args', '-p', 'autostart:=false', '-r', '__ns:=/vlm3r_test_idle')
+    bad = spawn_python(ros2_run_executable, '--ros-args', '-p', 'image_qos_reliability:=sometimes',
+                       '-r', '__ns:=/vlm3r_test_bad')
+    idle = spawn_python('node_vlm3r.py', '--ros-args', '-p', 'autostart:=false', '-r', '__ns:=/vlm3r_test_idle')
     assert real.wait(START_TIMEOUT_S) == 1, real.describe()
     assert "parameter 'cut3r_weights' is empty" in real.output(), real.output()
     assert bad.wait(START_TIMEOUT_S) == 2, bad.describe()

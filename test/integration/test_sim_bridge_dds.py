@@ -8,9 +8,6 @@ frames rendered again in this process). Every wait is bounded; nothing is timed.
 """
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -83,43 +80,8 @@ class Probe:
         rclpy.try_shutdown(context=self.context)
 
 
-class Child:
-    """The bridge in its own process group, output to a file, always stopped."""
-
-    def __init__(self, argv, log_path):
-        env = dict(os.environ, VLM3R_TEST_PARENT_PID=str(os.getpid()), PYTHONUNBUFFERED='1')
-        self.log_path = log_path
-        with open(log_path, 'wb') as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True)
-
-    def running(self):
-        return self.proc.poll() is None
-
-    def output(self):
-        return self.log_path.read_text(errors='replace') if self.log_path.exists() else ''
-
-    def describe(self):
-        state = 'running' if self.running() else f'exited with {self.proc.returncode}'
-        return f'pid {self.proc.pid} ({state}); output:\n{self.output()[-6000:]}'
-
-    def stop(self, timeout=5.0):
-        """SIGINT, then SIGKILL to the group; returns the exit status."""
-        if self.running():
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return self.proc.wait()
-
-
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
+def run(start_child, tmp_path_factory):
     """The bridge's whole run as the probe saw it: (probe, output dir, bridge child)."""
     out = tmp_path_factory.mktemp('sim_bridge')
     probe = Probe()  # subscribed before the bridge starts
@@ -130,7 +92,7 @@ def run(tmp_path_factory):
     for key, value in params.items():
         argv += ['-p', f'{key}:={str(value).lower() if isinstance(value, bool) else value}']
     argv += ['-p', f'camera_mount:=[{", ".join(str(float(v)) for v in MOUNT)}]']
-    child = Child(argv, out / 'bridge.log')
+    child = start_child(argv, 'bridge', log_dir=out)
     try:
         probe.spin_until(lambda: len(probe.images) >= FRAMES and probe.graphs and
                          json.loads(probe.graphs[-1].data)['complete'], 'all frames and the final scene graph', child)
@@ -278,14 +240,14 @@ def test_sigint_after_the_run_exits_cleanly(run):
     assert not math.isnan(json.loads((out / 'run.json').read_text())['wall_s'])
 
 
-def test_loop_keeps_simulation_time_increasing(tmp_path):
+def test_loop_keeps_simulation_time_increasing(start_child, tmp_path):
     """With loop the trajectory starts again; stamps keep growing by one frame step across the
     seam; the ground truth stays one pass (3 trajectory frames)."""
     probe = Probe()
     argv = [sys.executable, str(FIXTURES / 'sim_bridge.py'), '--ros-args', '-r', '__ns:=/sim',
             '-p', 'num_frames:=3', '-p', 'width:=64', '-p', 'height:=48', '-p', 'rate_hz:=20.0', '-p', 'loop:=true',
             '-p', 'wait_for_subscribers:=1', '-p', 'scene_graph_every:=1', '-p', f'output_dir:={tmp_path}']
-    child = Child(argv, tmp_path / 'bridge.log')
+    child = start_child(argv, 'bridge', log_dir=tmp_path)
     try:
         probe.spin_until(lambda: len(probe.images) >= 8, 'eight frames over three passes', child)
         stamps = [stamp_to_ns(m.header.stamp) for m in probe.images[:8]]
@@ -307,13 +269,12 @@ def test_loop_keeps_simulation_time_increasing(tmp_path):
     (['-p', 'width:=0'], 2, 'width and height must both be 0'),
     (['-p', 'scene_file:=/nonexistent/room.yaml'], 1, '/nonexistent/room.yaml'),
 ])
-def test_bad_settings_exit_with_a_reason(tmp_path, params, code, message):
-    child = Child([sys.executable, str(FIXTURES / 'sim_bridge.py'), '--ros-args', *params], tmp_path / 'bridge.log')
+def test_bad_settings_exit_with_a_reason(start_child, tmp_path, params, code, message):
+    child = start_child([sys.executable, FIXTURES / 'sim_bridge.py', '--ros-args', *params], 'bridge', log_dir=tmp_path)
     try:
-        child.proc.wait(timeout=WAIT_S)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f'the bridge did not exit: {child.describe()}')
+        if child.wait(WAIT_S) is None:
+            pytest.fail(f'the bridge did not exit: {child.describe()}')
     finally:
         child.stop()
-    assert child.proc.returncode == code, child.describe()
+    assert child.returncode == code, child.describe()
     assert message in child.output(), child.describe()

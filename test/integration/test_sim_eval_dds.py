@@ -7,9 +7,6 @@ score table. This process listens to /diagnostics meanwhile, to see the node's c
 simulation time, and afterwards checks the files against geometry measured here.
 """
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 
@@ -28,7 +25,7 @@ TIMEOUT_S = 200.0
 
 
 @pytest.fixture(scope='module')
-def loop(tmp_path_factory):
+def loop(start_child, tmp_path_factory):
     """(exit status, stdout, output folder, /diagnostics seen from vlm3r_node)."""
     out = tmp_path_factory.mktemp('sim_eval')
     context = rclpy.Context()
@@ -40,31 +37,18 @@ def loop(tmp_path_factory):
     node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 50)
     argv = [sys.executable, '-m', 'vlm3r_ros.tools.sim_eval', '--frames', str(FRAMES), '--size', '160x120',
             '--max-per-type', '1', '--out', str(out), '--no-progress', '--timeout', '150']
-    env = dict(os.environ, PYTHONUNBUFFERED='1')  # the test's private ROS_DOMAIN_ID
-    log_path = out / 'sim_eval.log'
-    with open(log_path, 'wb') as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+    # 15 s after SIGINT: it stops its own node and bridge before it exits
+    child = start_child(argv, 'sim_eval', log_dir=out, stop_timeout=15.0)
     try:
         deadline = time.monotonic() + TIMEOUT_S
-        while proc.poll() is None and time.monotonic() < deadline:
+        while child.running() and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.1)
-        if proc.poll() is None:
-            pytest.fail(f'vlm3r-sim-eval did not finish in {TIMEOUT_S} s:\n{log_path.read_text()[-6000:]}')
-        yield proc.returncode, log_path.read_text(errors='replace'), out, [
+        if child.running():
+            pytest.fail(f'vlm3r-sim-eval did not finish in {TIMEOUT_S} s:\n{child.tail()}')
+        yield child.returncode, child.output(), out, [
             d for d in diagnostics if any('vlm3r_node' in s.name for s in d.status)]
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
+        child.stop()
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown(context=context)
