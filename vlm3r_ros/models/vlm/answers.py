@@ -1,11 +1,8 @@
 """Reading the model's reply: an option letter, or a number with its unit.
 
-Two readers live here:
+The official VSI-Bench / VSTI-Bench scoring reads only the reply's first token; it lives
+with the metrics (:func:`vlm3r_ros.eval.metrics.first_token`). Here:
 
-* :func:`official_first_word`: what the official VSI-Bench / VSTI-Bench scoring looks at
-  (the first whitespace-separated word, trailing dots stripped; the scorer then compares
-  it case-insensitively with the answer letter, or reads it as a number for MRA). Use it
-  to reproduce the official numbers exactly.
 * :func:`parse_answer`: a tolerant reader for the ROS service and for diagnostics, which
   also understands replies such as ``"The answer is B."``, ``"sofa"``, ``"2,5 m"`` or
   ``"twenty-one"``.
@@ -96,19 +93,6 @@ class ParsedAnswer:
     @property
     def has_value(self) -> bool:
         return not math.isnan(self.value)
-
-
-# ------------------------------------------------------------------ official scoring
-def official_first_word(text: str) -> str:
-    """The part of a reply the official scorer uses: the first whitespace-separated word,
-    trailing ``.`` removed ("" for an empty reply). Compare case-insensitively."""
-    words = text.split()
-    return words[0].rstrip(".") if words else ""
-
-
-def official_choice_correct(text: str, answer_letter: str) -> bool:
-    """Official multiple-choice scoring: the first word equals the answer, ignoring case."""
-    return official_first_word(text).lower() == answer_letter.strip().lower()
 
 
 # ------------------------------------------------------------------ letters
