@@ -34,21 +34,14 @@ if str(ROOT) not in sys.path:
 from vlm3r_ros.sim.core import Intrinsics, Simulation, handheld_walk  # noqa: E402
 from vlm3r_ros.sim.procedural import generate_scene  # noqa: E402
 from vlm3r_ros.sim.pybullet_backend import PyBulletRenderer  # noqa: E402
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 640x480, got {text!r}") from None
-    return w, h
+from vlm3r_ros.tools.cli import image_size  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--frames", type=int, default=30)
-    parser.add_argument("--sizes", type=_size, nargs="+", default=[(640, 480), (432, 432), (384, 384), (160, 120)])
+    parser.add_argument("--sizes", type=image_size, nargs="+", default=[(640, 480), (432, 432), (384, 384), (160, 120)])
     parser.add_argument("--hfov", type=float, default=60.0)
     args = parser.parse_args(argv)
 

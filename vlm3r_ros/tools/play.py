@@ -66,6 +66,8 @@ from typing import Iterator
 
 import numpy as np
 
+from .cli import image_size
+
 DEFAULT_TOPIC = "image"  # what vlm3r-node subscribes to by default
 DEFAULT_FRAME_ID = "camera_optical_frame"
 DEFAULT_HFOV_DEG = 60.0
@@ -279,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", type=Path, metavar="PATH", help="video file, image folder or one image")
     src.add_argument("--generated", type=int, metavar="N", help="N generated frames of the synthetic room")
-    parser.add_argument("--size", type=_parse_size, default=DEFAULT_GENERATED_SIZE, metavar="WxH",
+    parser.add_argument("--size", type=image_size, default=DEFAULT_GENERATED_SIZE, metavar="WxH",
                         help="size of generated frames (default 640x480)")
     parser.add_argument("--seed", type=int, default=0, help="texture seed of generated frames (default 0)")
     parser.add_argument("--rate", type=float, default=None, metavar="HZ",
@@ -309,14 +311,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--node-name", default="vlm3r_play", help="ROS node name (default vlm3r_play)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
     return parser
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 640x480, got {text!r}") from None
-    return w, h
 
 
 def _check_args(args) -> None:

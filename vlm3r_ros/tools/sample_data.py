@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import image_size
+
 DEFAULT_FRAMES = 12
 DEFAULT_SIZE = (640, 480)  # (width, height)
 FRAME_NAME = "frame_{:06d}.png"
@@ -309,20 +311,12 @@ def _frame_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("frame_*.png") if p.stem[len("frame_"):].isdigit())
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 640x480, got {text!r}") from None
-    return w, h
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vlm3r_ros.tools.sample_data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path, help="folder to write the frames into (created if needed)")
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="number of frames (default 12)")
-    parser.add_argument("--size", type=_parse_size, default=DEFAULT_SIZE, help="WIDTHxHEIGHT (default 640x480)")
+    parser.add_argument("--size", type=image_size, default=DEFAULT_SIZE, help="WIDTHxHEIGHT (default 640x480)")
     parser.add_argument("--seed", type=int, default=0, help="texture seed (default 0)")
     args = parser.parse_args(argv)
     if args.out_dir.exists() and not args.out_dir.is_dir():

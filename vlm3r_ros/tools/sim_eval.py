@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+from .cli import image_size
+
 BANNER = "=" * 78
 NODE_START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 10.0
@@ -49,14 +51,8 @@ class SimEvalError(Exception):
     """A step failed: printed as one line (plus the children's last lines); exit status 1."""
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 160x120, got {text!r}") from None
-    if w < 8 or h < 8:
-        raise argparse.ArgumentTypeError(f"the image must be at least 8x8 pixels, got {text!r}")
-    return w, h
+def _sim_image_size(text: str) -> tuple[int, int]:
+    return image_size(text, minimum=8)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trajectory-kind", choices=("handheld", "patrol", "scan"), default="handheld",
                         help="generated camera path (default handheld)")
     parser.add_argument("--frames", type=int, default=16, help="frames to publish (default 16)")
-    parser.add_argument("--size", type=_parse_size, default=(160, 120), metavar="WxH",
+    parser.add_argument("--size", type=_sim_image_size, default=(160, 120), metavar="WxH",
                         help="image size (default 160x120)")
     parser.add_argument("--rate", type=float, default=10.0,
                         help="most frames per wall second (default 10; the node's pace limits it: lockstep)")
