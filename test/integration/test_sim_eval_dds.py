@@ -95,17 +95,31 @@ def test_every_question_was_answered_by_the_live_node(loop):
 
 
 def test_answers_agree_with_geometry_measured_here(loop):
-    """Ground truth from the scene the bridge rendered: counts and floor area recomputed from
-    the scene file; the ground-truth frames are exactly the published ones."""
+    """Ground truth from the scene the bridge rendered: counts recomputed from the instances
+    that the published frames show (rendered again here from the scene and trajectory files),
+    floor area from the scene file; the ground-truth frames are exactly the published ones."""
     from vlm3r_ros.ros.sim_messages import scene_graph_from_payload
-    from vlm3r_ros.sim.core import SimScene
+    from vlm3r_ros.sim.core import SimScene, Trajectory
+    from vlm3r_ros.sim.pybullet_backend import PyBulletRenderer
 
     code, text, out, _ = loop
     assert code == 0, text[-6000:]
     scene = SimScene.load(out / 'sim' / 'scene.json')
+    trajectory = Trajectory.load(out / 'sim' / 'trajectory.json')
     graph, doc = scene_graph_from_payload((out / 'sim' / 'scene_graph.json').read_text())
     assert [f.frame_id for f in graph.frames] == list(range(FRAMES)) and doc['frames_published'] == FRAMES
-    categories = [o.category for o in scene.objects]
+    renderer = PyBulletRenderer(scene)
+    try:
+        intr = trajectory.intrinsics
+        min_pixels = max(1, round(intr.width * intr.height / 5000))  # what counts as seen, as the sim core
+        shown = set()
+        for pose in trajectory.camera_to_world[:FRAMES]:
+            ids, counts = np.unique(renderer.render(pose, intr).instance_ids, return_counts=True)
+            shown |= {int(i) for i, n in zip(ids, counts) if i >= 0 and n >= min_pixels}
+    finally:
+        renderer.close()
+    assert shown and len(shown) < len(scene.objects), 'the default run shows part of the room, not all'
+    categories = [o.category for o in scene.objects if o.instance_id in shown]
     polygon = np.asarray(scene.room.floor, float)  # (K, 2) floor vertices in order
     x, y = polygon[:, 0], polygon[:, 1]
     area = abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2

@@ -320,6 +320,16 @@ def test_ground_truth_holds_exactly_the_published_frames_and_survives_metadata_f
     assert {o.instance_id: o.category for o in loaded.objects} == {o.instance_id: o.category for o in gt.objects}
 
 
+def test_ground_truth_holds_only_the_objects_its_frames_show(walk):
+    sim, _ = walk
+    first = sim.ground_truth([0])
+    shown = set(first.frames[0].visible)
+    assert shown and {o.instance_id for o in first.objects} == shown  # nothing the video never showed
+    everything = sim.ground_truth([0], seen_only=False)
+    assert [o.instance_id for o in everything.objects] == [o.instance_id for o in sim.scene.objects]
+    assert len(everything.objects) > len(first.objects), "one frame of the walk shows part of the room"
+
+
 # ------------------------------------------------------------------------------ QA answers vs measured geometry
 @pytest.fixture(scope="module")
 def measured(walk):

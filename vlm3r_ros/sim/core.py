@@ -753,9 +753,13 @@ class Simulation:
             out[obj.instance_id] = (float(u_lo), float(v_lo), float(u_hi), float(v_hi))
         return out
 
-    def ground_truth(self, frame_indices: Sequence[int] | None = None) -> SceneGraph:
+    def ground_truth(self, frame_indices: Sequence[int] | None = None, *, seen_only: bool = True) -> SceneGraph:
         """The scene graph whose frames are exactly ``frame_indices`` (sorted, unique; frames not
-        rendered yet are rendered now). Default: every frame rendered so far."""
+        rendered yet are rendered now). Default: every frame rendered so far.
+
+        With ``seen_only`` (default) it holds only the objects those frames show: a question
+        must be answerable from the video, so a chair no frame shows is not counted, measured
+        or offered as a choice. ``seen_only=False`` keeps every object of the scene."""
         indices = sorted(self._visible) if frame_indices is None else sorted({int(i) for i in frame_indices})
         intr = self.trajectory.intrinsics
         frames = []
@@ -764,7 +768,11 @@ class Simulation:
                 self.render(i)
             frames.append(FrameAnnotation(frame_id=i, camera_to_world=self.trajectory.camera_to_world[i].copy(),
                                           intrinsics=intr.matrix(), visible=dict(self._visible[i])))
-        return self.scene.scene_graph(frames, fps=self.trajectory.fps)
+        graph = self.scene.scene_graph(frames, fps=self.trajectory.fps)
+        if seen_only:
+            seen = {iid for f in frames for iid in f.visible}
+            graph.objects = [o for o in graph.objects if o.instance_id in seen]
+        return graph
 
     def close(self) -> None:
         self.renderer.close()
@@ -795,8 +803,9 @@ def make_simulation(backend: str = "pybullet", scene: SimScene | str | Path | No
     scene: a SimScene, a scene file (JSON/YAML, docs/sim.md), or None to generate one from
     ``seed`` (pybullet). For the Habitat backend a path to a Habitat scene (.glb, .ply or
     .scene_instance.json) is read through habitat-sim. trajectory: a Trajectory, a trajectory
-    file, or None to generate ``n_frames`` at ``fps`` with ``trajectory_kind`` ('handheld' or
-    'patrol' or 'scan') and ``seed``; ``intrinsics`` overrides the file's or the default 640x480, 60 deg.
+    file, or None to generate ``n_frames`` at ``fps`` with ``trajectory_kind`` ('handheld',
+    'patrol' or 'scan') and ``seed``; ``intrinsics`` overrides the file's or the default 640x480,
+    60 deg.
     """
     if backend not in BACKENDS:
         raise SimError(f"unknown simulator backend {backend!r}; expected one of {list(BACKENDS)}")

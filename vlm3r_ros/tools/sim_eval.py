@@ -272,10 +272,10 @@ def run(args) -> int:
                   f"questions are about all {args.frames}")
 
         graph, doc = read_ground_truth(sim_dir, args.frames)
-        seen = sorted({iid for f in graph.frames for iid in f.visible})
-        print(f"[3/5] ground truth: scene {graph.scene_name!r}, {len(graph.objects)} objects "
-              f"({', '.join(f'{n} {c}' for c, n in sorted(graph.category_counts().items()))}), "
-              f"{graph.room_size:.1f} m^2; {len(seen)} objects visible in the {len(graph.frames)} frames")
+        # The ground truth holds only what the published frames show (Simulation.ground_truth).
+        print(f"[3/5] ground truth: scene {graph.scene_name!r}, {graph.room_size:.1f} m^2; the "
+              f"{len(graph.frames)} frames show {len(graph.objects)} objects "
+              f"({', '.join(f'{n} {c}' for c, n in sorted(graph.category_counts().items()))})")
 
         by_benchmark = generate_questions(graph, args.types, args.qa_seed, args.max_per_type)
         if not by_benchmark:
