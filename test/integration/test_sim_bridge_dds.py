@@ -264,6 +264,42 @@ def test_loop_keeps_simulation_time_increasing(start_child, tmp_path):
         probe.close()
 
 
+def test_lockstep_publishes_a_lost_frame_again(start_child, tmp_path):
+    """A lockstep consumer that never gets a frame (here: it ignores the first copy of frame 1)
+    gets it again, with the same stamp, and the run still confirms every frame."""
+    from vlm3r_ros.msg import SpatialState
+
+    probe = Probe()
+    state_pub = probe.node.create_publisher(SpatialState, '/sim/consumer/state', LATCHED)
+    arrived, seen = [], []  # stamps of every image that came; of those the consumer counted
+
+    def consume(msg):
+        stamp = stamp_to_ns(msg.header.stamp)
+        arrived.append(stamp)
+        if len(arrived) == 2:  # the first copy of frame 1: "lost in transit"
+            return
+        seen.append(stamp)
+        state_pub.publish(SpatialState(frames_received=len(seen), frames_processed=len(seen)))
+
+    probe.node.create_subscription(Image, '/sim/image', consume, 20)
+    state_pub.publish(SpatialState())  # the consumer is up, nothing received yet
+    argv = [sys.executable, str(FIXTURES / 'sim_bridge.py'), '--ros-args', '-r', '__ns:=/sim',
+            '-p', 'num_frames:=3', '-p', 'width:=64', '-p', 'height:=48', '-p', 'rate_hz:=20.0',
+            '-p', 'lockstep_state_topic:=consumer/state', '-p', 'lockstep_timeout:=30.0',
+            '-p', 'wait_for_subscribers:=1', '-p', f'output_dir:={tmp_path}']
+    child = start_child(argv, 'bridge', log_dir=tmp_path)
+    try:
+        probe.spin_until(lambda: (tmp_path / 'run.json').is_file() and not child.running(), 'the lockstep run', child)
+        assert child.returncode == 0, child.describe()
+        report = json.loads((tmp_path / 'run.json').read_text())
+        assert report['resent'] == 1 and report['unconfirmed'] == 0, report
+        assert len(arrived) == 4 and arrived[1] == arrived[2], arrived  # frame 1 twice, same stamp
+        assert seen == sorted(set(arrived)) and len(seen) == 3  # the consumer counted each frame once
+    finally:
+        child.stop()
+        probe.close()
+
+
 @pytest.mark.parametrize('params, code, message', [
     (['-p', 'backend:=gazebo'], 2, 'backend must be one of pybullet, habitat'),
     (['-p', 'width:=0'], 2, 'width and height must both be 0'),

@@ -56,6 +56,10 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_PARAMETER, EXIT_NO_SUBSCRIBERS = 0, 1, 2, 3
 OUTPUT_DATASET, OUTPUT_SPLIT = "sim", "run"  # output_dir/sim_metadata_run.json, sim_frame_metadata_run.json
 SCENE_GRAPH_FILE = "scene_graph.json"  # the scene_graph topic's JSON, as a file
 SUMMARY_FILE = "run.json"
+# Lockstep: a frame the consumer has not received within this is published again (same stamp).
+# Images are best effort at the consumer, so one can be lost in transit; the consumer's ~/state
+# counts a received frame within its state_period (0.5 s) even while its model runs.
+LOCKSTEP_RESEND_S = 5.0
 
 PARAMETERS: tuple[ParamSpec, ...] = (
     # -- simulation
@@ -323,6 +327,7 @@ def _make_node_class():
             self.clock_pub = self.create_publisher(Clock, "/clock", 10) if s.publish_clock else None
             self.scene_graph_pub = self.create_publisher(String, s.scene_graph_topic, latched)
             self._consumer_state = None  # latest SpatialState of the lockstep consumer
+            self.resent = 0  # lockstep frames published again because the consumer never received them
             self._consumer_cond = threading.Condition()
             if s.lockstep_state_topic:
                 from vlm3r_ros.msg import SpatialState
@@ -403,6 +408,20 @@ def _make_node_class():
         def _handled(state) -> int:
             return state.frames_processed + state.frames_dropped + state.frames_rejected
 
+        def _consumer_took(self, image, received_before: int) -> bool:
+            """Lockstep: wait until the consumer has received the frame just published and handled
+            everything it received; a frame not received within LOCKSTEP_RESEND_S is published
+            again. False when lockstep_timeout passes first (or on stop)."""
+            deadline = time.monotonic() + self.settings.lockstep_timeout
+            while self._wait_consumer(lambda st: st.frames_received > received_before,
+                                      min(LOCKSTEP_RESEND_S, max(0.0, deadline - time.monotonic()))) is None:
+                if self.stop_requested.is_set() or time.monotonic() >= deadline:
+                    return False
+                self.image_pub.publish(image)
+                self.resent += 1
+            return self._wait_consumer(lambda st: self._handled(st) >= st.frames_received,
+                                       max(0.0, deadline - time.monotonic())) is not None
+
         # --- the frames ---------------------------------------------------------------------------
         def _wait_for_subscribers(self) -> bool:
             s = self.settings
@@ -481,9 +500,8 @@ def _make_node_class():
                     self.info_pub.publish(info)
                     before = self._consumer_state.frames_received if s.lockstep_state_topic else 0
                     self.image_pub.publish(image)
-                    if s.lockstep_state_topic and self._wait_consumer(
-                            lambda st: st.frames_received > before and self._handled(st) >= st.frames_received,
-                            s.lockstep_timeout) is None and not self.stop_requested.is_set():
+                    if s.lockstep_state_topic and not self._consumer_took(image, before) \
+                            and not self.stop_requested.is_set():
                         unconfirmed += 1
                         log.warning(f"lockstep: the consumer did not confirm the frame of {stamp_ns / 1e9:.3f} s "
                                     f"within {s.lockstep_timeout:g} s; going on", throttle_duration_sec=5.0)
@@ -504,6 +522,7 @@ def _make_node_class():
             wall = time.monotonic() - wall_start
             n = self.frames_published
             self.report = dict(frames_published=n, passes=passes, late=late, unconfirmed=unconfirmed,
+                               resent=self.resent,
                                lockstep=bool(s.lockstep_state_topic), wall_s=round(wall, 3),
                                rate_hz=round((n - 1) / wall, 3) if n > 1 and wall > 0 else None,
                                stopped=self.stop_requested.is_set(),
