@@ -1,7 +1,7 @@
 """vlm3r-sim-bridge over real DDS: the bridge in a child process, a probe in this one.
 
 The bridge (test/fixtures/sim_bridge.py = vlm3r-sim-bridge's main, pybullet backend) publishes
-8 frames of 160x120; this process subscribes to everything it publishes, with a node running
+8 frames of 160x120 (RGB and depth); this process subscribes to everything it publishes, with a node running
 on simulation time (use_sim_time) and a timer on that clock. Then it checks the messages
 against what the bridge wrote (trajectory.json) and against the simulator itself (the same
 frames rendered again in this process). Every wait is bounded; nothing is timed.
@@ -51,11 +51,14 @@ class Probe:
         self.executor.add_node(self.node)
         self.images, self.infos, self.odoms, self.tf, self.tf_static, self.clock, self.graphs = \
             [], [], [], [], [], [], []
+        self.depths, self.depth_infos = [], []
         self.clock_at_image = []  # this node's (sim) clock when each image arrived
         self.timer_fired_ns = []  # a 0.05 s timer on the sim clock
         n = self.node
         n.create_subscription(Image, '/sim/image', self._on_image, 20)
         n.create_subscription(CameraInfo, '/sim/camera_info', self.infos.append, 20)
+        n.create_subscription(Image, '/sim/depth/image', self.depths.append, 20)
+        n.create_subscription(CameraInfo, '/sim/depth/camera_info', self.depth_infos.append, 20)
         n.create_subscription(Odometry, '/sim/odom', self.odoms.append, 20)
         n.create_subscription(TFMessage, '/tf', self.tf.append, 100)
         n.create_subscription(TFMessage, '/tf_static', self.tf_static.append, LATCHED)
@@ -94,7 +97,7 @@ def run(start_child, tmp_path_factory):
     argv += ['-p', f'camera_mount:=[{", ".join(str(float(v)) for v in MOUNT)}]']
     child = start_child(argv, 'bridge', log_dir=out)
     try:
-        probe.spin_until(lambda: len(probe.images) >= FRAMES and probe.graphs and
+        probe.spin_until(lambda: len(probe.images) >= FRAMES and len(probe.depths) >= FRAMES and probe.graphs and
                          json.loads(probe.graphs[-1].data)['complete'], 'all frames and the final scene graph', child)
         probe.spin_until(lambda: 'trajectory finished' in child.output() and (out / 'run.json').is_file(),
                          'the end-of-run report and files', child)
@@ -117,26 +120,36 @@ def test_every_frame_arrives_with_the_trajectory_stamps_and_camera(run):
     expected_ns = [round((START_TIME_S + t) * 1e9) for t in traj.times]
     assert [stamp_to_ns(m.header.stamp) for m in probe.images] == expected_ns
     assert [stamp_to_ns(m.header.stamp) for m in probe.infos] == expected_ns
+    assert [stamp_to_ns(m.header.stamp) for m in probe.depths] == expected_ns
+    assert [stamp_to_ns(m.header.stamp) for m in probe.depth_infos] == expected_ns
     k = traj.intrinsics.matrix()
-    for image, info in zip(probe.images, probe.infos):
+    for image, info, depth, depth_info in zip(probe.images, probe.infos, probe.depths, probe.depth_infos):
         assert (image.width, image.height, image.encoding, image.step) == (WIDTH, HEIGHT, 'rgb8', WIDTH * 3)
-        assert image.header.frame_id == info.header.frame_id == 'camera_optical_frame'
+        assert (depth.width, depth.height, depth.encoding, depth.step, depth.is_bigendian) == \
+            (WIDTH, HEIGHT, '32FC1', WIDTH * 4, 0)
+        assert image.header.frame_id == info.header.frame_id == depth.header.frame_id == 'camera_optical_frame'
+        assert depth_info == info, 'the depth image has the RGB camera'
         assert np.allclose(np.reshape(info.k, (3, 3)), k)
         assert list(info.p) == [k[0, 0], 0.0, k[0, 2], 0.0, 0.0, k[1, 1], k[1, 2], 0.0, 0.0, 0.0, 1.0, 0.0]
     summary = json.loads((out / 'run.json').read_text())
     assert summary['frames_published'] == FRAMES and summary['complete'] and summary['late'] >= 0
 
 
-def test_images_are_the_simulators_frames_and_not_blank(run):
+def test_images_and_depth_are_the_simulators_frames_and_not_blank(run):
     from vlm3r_ros.sim.core import make_simulation
 
     probe, out, _ = run
     sim = make_simulation('pybullet', scene=out / 'scene.json', trajectory=out / 'trajectory.json')
     try:
-        for i, msg in enumerate(probe.images):
+        for i, (msg, depth_msg) in enumerate(zip(probe.images, probe.depths)):
+            rendered = sim.render(i).rendered
             pixels = np.frombuffer(bytes(msg.data), np.uint8).reshape(HEIGHT, WIDTH, 3)
             assert pixels.std() > 5.0, f'frame {i} is nearly constant'
-            assert np.array_equal(pixels, sim.render(i).rendered.rgb), f'frame {i} differs from a fresh render'
+            assert np.array_equal(pixels, rendered.rgb), f'frame {i} differs from a fresh render'
+            depth = np.frombuffer(bytes(depth_msg.data), '<f4').reshape(HEIGHT, WIDTH)
+            # scene.json rounds the objects to 6 digits: their depth moves by ~1e-5 m (RGB not at all)
+            assert np.allclose(depth, rendered.depth, rtol=0.0, atol=1e-3), f'depth {i} differs from a fresh render'
+            assert np.isfinite(depth).all() and 0.0 < depth.min() < depth.max() < 20.0  # inside a closed room
     finally:
         sim.close()
 

@@ -45,6 +45,8 @@ def test_parameter_table_is_consistent():
     ('backend', 'gazebo', 'one of pybullet, habitat'),
     ('trajectory_kind', 'fly', 'one of handheld, patrol, scan'),
     ('image_topic', 'bad topic', 'not a valid topic name'),
+    ('depth_topic', 'depth/ image', 'not a valid topic name'),
+    ('depth_topic', '', 'not a valid topic name'),
     ('lockstep_state_topic', '1node/state', 'not a valid topic name'),
     ('map_frame_id', '/map', 'tf2 frame id'),
     ('optical_frame_id', 'camera optical', 'tf2 frame id'),
@@ -61,11 +63,18 @@ def test_bad_values_are_refused_with_a_reason(name, value, message):
     (dict(width=0, height=480), 'both be 0'),
     (dict(width=0, height=0), 'a generated trajectory needs a size'),
     (dict(odom_frame_id='map'), 'frame ids must differ'),
+    (dict(depth_topic='image'), 'depth_topic must differ from image_topic'),
 ])
 def test_inconsistent_settings_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         settings(**overrides).check()
     settings(width=0, height=0, trajectory_file='t.json').check()  # a file keeps its own size
+    settings(depth_topic='image', publish_depth=False).check()  # unused when depth is off
+
+
+def test_depth_parameters_follow_the_rgb_camera_conventions():
+    assert (SPECS['publish_depth'].default, SPECS['depth_topic'].default) == (True, 'depth/image')
+    assert 'REP 118' in SPECS['publish_depth'].description
 
 
 def test_pass_period_keeps_stamps_increasing_when_looping():

@@ -108,6 +108,27 @@ def test_rotation_vector(axis, angle):
         assert np.allclose(np.abs(v / np.linalg.norm(v)), np.abs(axis), atol=1e-5)
 
 
+@pytest.mark.parametrize('dtype', ['<f4', '>f4', '<f8'])  # any input order and precision: 32FC1 little-endian out
+def test_depth_image_is_rep118_32fc1_metres(dtype):
+    depth = np.array([[0.5, 1.25, 3.0],
+                      [np.inf, 0.0, -1.0],
+                      [np.nan, -np.inf, 7.0625]], dtype=dtype)  # (H=3, W=3)
+    msg = sm.depth_image(depth, 2_500_000_001, 'camera_optical_frame')
+    assert (msg.height, msg.width, msg.encoding, msg.is_bigendian, msg.step) == (3, 3, '32FC1', 0, 3 * 4)
+    assert stamp_to_ns(msg.header.stamp) == 2_500_000_001 and msg.header.frame_id == 'camera_optical_frame'
+    assert len(msg.data) == 3 * 3 * 4
+    out = np.frombuffer(bytes(msg.data), '<f4').reshape(3, 3)
+    assert out[0].tolist() == [0.5, 1.25, 3.0] and out[2, 2] == 7.0625  # metres, unchanged
+    assert out[1, 0] == np.inf  # nothing within the far plane: +Inf, REP 117's "out of range"
+    assert np.isnan(out[1, 1:]).all() and np.isnan(out[2, :2]).all()  # 0, negative, NaN, -inf: invalid
+    assert bytes(msg.data)[:4] == bytes.fromhex('0000003f')  # 0.5 as a little-endian float32, on any host
+
+
+def test_depth_image_refuses_what_is_not_one_channel():
+    with pytest.raises(ValueError, match=r'\(H, W\) metres, got shape \(2, 2, 3\)'):
+        sm.depth_image(np.ones((2, 2, 3), np.float32), 0, 'camera_optical_frame')
+
+
 def test_clock_ticks_stay_before_the_next_frame():
     ticks = [sm.interpolated_sim_ns(1_000, 2_000, f) for f in (-1, 0, 0.25, 0.5, 0.999, 1.0, 5.0)]
     assert ticks == sorted(ticks) and ticks[0] == 1_000 and max(ticks) == 1_999

@@ -16,8 +16,10 @@ frames in order and publishes, per frame, in this order:
   ``base_link -> camera_link`` (``camera_mount``) and ``camera_link -> camera_optical_frame``.
   Frame ids per REP 105 are parameters; :mod:`vlm3r_ros.ros.sim_messages` explains the chain.
 * ``odom`` (nav_msgs/Odometry): base_link in odom, twist by backward difference.
-* ``camera_info`` (sensor_msgs/CameraInfo, the exact intrinsics) and ``image``
-  (sensor_msgs/Image, rgb8), both with the frame's stamp and ``frame_id`` = the optical frame.
+* ``camera_info`` (sensor_msgs/CameraInfo, the exact intrinsics), ``depth/camera_info`` (the
+  same), ``depth/image`` (sensor_msgs/Image, 32FC1 metres, REP 118; when the backend renders
+  depth and ``publish_depth``) and, last, ``image`` (sensor_msgs/Image, rgb8), all with the
+  frame's stamp and ``frame_id`` = the optical frame.
 * ``scene_graph`` (std_msgs/String, reliable + transient local: late subscribers get the last
   one): the ground truth as JSON in the metadata layout of :mod:`vlm3r_ros.data.metadata`
   (:func:`vlm3r_ros.ros.sim_messages.scene_graph_payload`) for the frames published so far:
@@ -106,12 +108,18 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               constraints="a valid ROS topic name"),
     ParamSpec("camera_info_topic", "", "sensor_msgs/CameraInfo topic. Empty: the image topic's sibling "
               "'camera_info'."),
+    ParamSpec("publish_depth", True, "Publish the rendered depth (REP 118: 32FC1, metres along the optical "
+              "axis, NaN invalid, +Inf nothing within range) on depth_topic, and the camera info on its "
+              "sibling 'camera_info'. A backend without depth publishes none (logged once)."),
+    ParamSpec("depth_topic", "depth/image", "sensor_msgs/Image depth topic (the openni/REP 118 name; its "
+              "camera info goes to the sibling 'camera_info', e.g. depth/camera_info).",
+              constraints="a valid ROS topic name, not image_topic"),
     ParamSpec("odom_topic", "odom", "nav_msgs/Odometry topic.", constraints="a valid ROS topic name"),
     ParamSpec("scene_graph_topic", "scene_graph", "std_msgs/String topic of the ground-truth scene graph "
               "(JSON; transient local).", constraints="a valid ROS topic name"),
-    ParamSpec("image_qos_reliability", "reliable", "Reliability of image and camera info: 'reliable' (matches "
-              "every subscriber) or 'best_effort'.", choices=("reliable", "best_effort")),
-    ParamSpec("image_qos_depth", 5, "History depth of image and camera info.", int_range=(1, 1000)),
+    ParamSpec("image_qos_reliability", "reliable", "Reliability of the images (RGB and depth) and camera info: "
+              "'reliable' (matches every subscriber) or 'best_effort'.", choices=("reliable", "best_effort")),
+    ParamSpec("image_qos_depth", 5, "History depth of the images and camera info.", int_range=(1, 1000)),
     ParamSpec("scene_graph_every", 10, "Publish the scene graph of the frames so far every N frames; 0: only "
               "at the start and the end of each pass.", int_range=(0, 1_000_000)),
     ParamSpec("map_frame_id", "map", "REP 105 world frame (the simulator's z-up world).",
@@ -132,7 +140,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
 )
 PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
 _SPECS = {p.name: p for p in PARAMETERS}
-_TOPIC_PARAMETERS = ("image_topic", "odom_topic", "scene_graph_topic")
+_TOPIC_PARAMETERS = ("image_topic", "depth_topic", "odom_topic", "scene_graph_topic")
 _FRAME_PARAMETERS = ("map_frame_id", "odom_frame_id", "base_frame_id", "camera_frame_id", "optical_frame_id")
 _FRAME_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_/]*$")  # what vlm3r-node accepts for world_frame_id
 
@@ -199,6 +207,8 @@ class BridgeSettings:
     lockstep_timeout: float
     image_topic: str
     camera_info_topic: str
+    publish_depth: bool
+    depth_topic: str
     odom_topic: str
     scene_graph_topic: str
     image_qos_reliability: str
@@ -223,6 +233,9 @@ class BridgeSettings:
         frame_ids = [getattr(self, n) for n in _FRAME_PARAMETERS]
         if len(set(frame_ids)) != len(frame_ids):
             raise ValueError(f"the five frame ids must differ; got {frame_ids}")
+        if self.publish_depth and self.depth_topic == self.image_topic:
+            raise ValueError(f"depth_topic must differ from image_topic (got {self.depth_topic!r} for both); "
+                             f"e.g. depth/image")
 
 
 # ---------------------------------------------------------------------------------- simulation
@@ -320,6 +333,12 @@ def _make_node_class():
             self.image_pub = self.create_publisher(Image, s.image_topic, image_qos)
             self.info_pub = self.create_publisher(
                 CameraInfo, s.camera_info_topic or play.camera_info_topic(s.image_topic), image_qos)
+            self.depth_pub = self.depth_info_pub = None
+            if s.publish_depth:
+                self.depth_pub = self.create_publisher(Image, s.depth_topic, image_qos)
+                depth_info_topic = play.camera_info_topic(s.depth_topic)
+                if self.resolve_topic_name(depth_info_topic) != self.info_pub.topic_name:
+                    self.depth_info_pub = self.create_publisher(CameraInfo, depth_info_topic, image_qos)
             self.odom_pub = self.create_publisher(Odometry, s.odom_topic, 10)
             # /tf and /tf_static as tf2_ros's broadcasters set them up (depth 100; static: latched).
             self.tf_pub = self.create_publisher(TFMessage, "/tf", 100)
@@ -344,6 +363,7 @@ def _make_node_class():
             self._published_indices: set[int] = set()  # trajectory indices published (any pass)
             self._frame_stamps_ns: dict[int, int] = {}  # trajectory index -> stamp of its last publication
             self._last_stamp_ns = 0
+            self._warned_no_depth = False
             self.frames_published = 0
 
         # --- parameters: every one is read-only (read once at start) --------------------------
@@ -498,6 +518,7 @@ def _make_node_class():
                     image.header.stamp = info.header.stamp = sm.ns_to_stamp(stamp_ns)
                     play.fill_image(image, frame.rendered.rgb, "rgb8")
                     self.info_pub.publish(info)
+                    self._publish_depth(frame.rendered.depth, info, stamp_ns)  # before the image lockstep waits on
                     before = self._consumer_state.frames_received if s.lockstep_state_topic else 0
                     self.image_pub.publish(image)
                     if s.lockstep_state_topic and not self._consumer_took(image, before) \
@@ -535,6 +556,19 @@ def _make_node_class():
                      f"{f', {unconfirmed} not confirmed by the lockstep consumer' if unconfirmed else ''}; "
                      f"ground truth of {len(self._published_indices)} of {len(traj)} trajectory frames on "
                      f"{self.scene_graph_pub.topic_name}{where}")
+
+        def _publish_depth(self, depth, info, stamp_ns: int) -> None:
+            if self.depth_pub is None:
+                return
+            if depth is None:
+                if not self._warned_no_depth:
+                    self._warned_no_depth = True
+                    self.get_logger().warning(f"backend {self.settings.backend} renders no depth: nothing is "
+                                              f"published on {self.depth_pub.topic_name}")
+                return
+            if self.depth_info_pub is not None:
+                self.depth_info_pub.publish(info)
+            self.depth_pub.publish(sm.depth_image(depth, stamp_ns, self.frames.optical))
 
         def _wait_ticking(self, until: float, from_ns: int, to_ns: int) -> None:
             """Sleep until the wall time ``until``, ticking /clock from ``from_ns`` towards ``to_ns``."""
@@ -653,7 +687,9 @@ def _drain(node) -> None:
     """Let reliable subscribers acknowledge the last messages before the participant goes."""
     from rclpy.duration import Duration
 
-    for pub in (node.image_pub, node.info_pub, node.scene_graph_pub, node.tf_pub, node.odom_pub):
+    pubs = (node.image_pub, node.info_pub, node.depth_pub, node.depth_info_pub, node.scene_graph_pub, node.tf_pub,
+            node.odom_pub)
+    for pub in (p for p in pubs if p is not None):  # the depth ones exist only with publish_depth
         try:
             pub.wait_for_all_acked(Duration(seconds=1.0))
         except Exception:  # noqa: BLE001 (best effort publishers cannot be waited for)

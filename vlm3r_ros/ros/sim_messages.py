@@ -1,5 +1,5 @@
 """What ``vlm3r-sim-bridge`` publishes, as pure functions: frames, transforms, odometry,
-clock and the ground-truth scene graph payload.
+depth images, clock and the ground-truth scene graph payload.
 
 No rclpy and no simulator: numpy, message classes and :mod:`vlm3r_ros.data`. Unit-tested in
 test/unit/test_sim_messages.py; :mod:`vlm3r_ros.tools.sim_eval` reads the scene graph
@@ -28,9 +28,11 @@ from typing import Mapping, Sequence
 import numpy as np
 from geometry_msgs.msg import TransformStamped
 from nav_msgs.msg import Odometry
+from sensor_msgs.msg import Image
 
 from vlm3r_ros.data.scene_graph import SceneGraph
 from vlm3r_ros.ros.poses import NS_PER_S, header, matrix_to_pose, ns_to_stamp, quaternion_from_matrix
+from vlm3r_ros.tools.play import fill_image
 
 # Columns: the optical frame's axes (x right, y down, z forward) in camera_link (x forward,
 # y left, z up). The rotation every ROS camera driver publishes (quaternion -0.5, 0.5, -0.5, 0.5).
@@ -168,6 +170,22 @@ def rotation_vector(rotation: np.ndarray) -> np.ndarray:
         v = (rotation[k] + np.eye(3)[k]) / (2.0 * d[k])
         return v / np.linalg.norm(v) * angle
     return axis / (2.0 * math.sin(angle)) * angle
+
+
+# ------------------------------------------------------------------ depth
+def depth_image(depth: np.ndarray, stamp_ns: int, frame_id: str) -> Image:
+    """REP 118 depth image: sensor_msgs/Image 32FC1 (little-endian), metres along the optical
+    axis. depth: (H, W) as the renderer gives it. Its +inf (no surface within the far plane)
+    stays +Inf (REP 117: out of range); any other value that is not a positive depth (NaN,
+    -inf, 0, negative) becomes NaN (REP 117: invalid)."""
+    d = np.asarray(depth)
+    if d.ndim != 2:
+        raise ValueError(f"depth must be (H, W) metres, got shape {d.shape}")
+    with np.errstate(invalid="ignore"):
+        d = np.where(d > 0, d, np.nan).astype("<f4")  # (H, W)
+    msg = Image(header=header(stamp_ns, frame_id))
+    fill_image(msg, d, "32FC1")
+    return msg
 
 
 # ------------------------------------------------------------------ time

@@ -74,7 +74,7 @@ DEFAULT_HFOV_DEG = 60.0
 DEFAULT_GENERATED_SIZE = (640, 480)
 LOOP_CACHE_BYTES = 1 << 30  # with --loop, a folder whose decoded frames fit is decoded once
 ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
-CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "32FC1": 1}  # 32FC1: REP 118 depth
 
 
 class PlayError(Exception):
@@ -217,13 +217,14 @@ def encode_pixels(rgb: np.ndarray, encoding: str) -> np.ndarray:
 
 
 def fill_image(msg, pixels: np.ndarray, encoding: str) -> None:
-    """Fill a sensor_msgs/Image (all but the header) from (H, W, C) uint8 pixels."""
+    """Fill a sensor_msgs/Image (all but the header) from (H, W, C) uint8 pixels, or (H, W)
+    little-endian float32 ('<f4') for 32FC1."""
     height, width = pixels.shape[:2]
     msg.height = int(height)
     msg.width = int(width)
     msg.encoding = encoding
     msg.is_bigendian = 0
-    msg.step = int(width * CHANNELS[encoding])
+    msg.step = int(width * CHANNELS[encoding] * pixels.itemsize)
     msg.data = array.array("B", pixels.tobytes())  # bytes -> array is a copy; a list would be slow
 
 
