@@ -314,6 +314,8 @@ def test_vlm3r_eval_tiny_random_end_to_end(bench_file, tmp_path, capsys):
     (['--tiny-random', '--question-types', 'object_colour'], "'object_colour' is not a vsibench question type"),
     (['--tiny-random', '--data-root', '/nonexistent'], 'missing media under --data-root /nonexistent'),
     (['--backend', 'live', '--tiny-random'], 'are for --backend offline'),
+    (['--tiny-random', '--vlm-config-overrides', '{}'], 'drop --vlm-config-overrides'),
+    (['--backend', 'live', '--vlm-config-overrides', '{"fusion_num_heads": 16}'], 'its vlm_config_overrides parameter'),
 ])
 def test_vlm3r_eval_user_errors_are_one_line(bench_file, tmp_path, capsys, extra, message):
     assert eval_tool.main([str(bench_file), '-o', str(tmp_path / 'r.jsonl'), '--no-progress', *extra]) == 2

@@ -58,6 +58,10 @@ def test_parameter_table_is_consistent():
     ('image_topic', '', 'not a valid topic name'),
     ('image_topic', 'camera//image', 'not a valid topic name'),
     ('compressed_image_topic', '1bad', 'not a valid topic name'),
+    ('vlm_config_overrides', '{"fusion_num_heads": 16', 'not valid JSON'),
+    ('vlm_config_overrides', '[16]', 'must be a JSON object'),
+    ('vlm_config_overrides', '{"fusion_heads": 16}', "unknown config override(s) ['fusion_heads']"),
+    ('vlm_config_overrides', '{"vision": {"width": 1024}}', "unknown vision config override(s) ['width']"),
 ])
 def test_bad_values_are_refused_with_a_reason(name, value, message):
     reason = check_parameter(name, value)
@@ -67,6 +71,7 @@ def test_bad_values_are_refused_with_a_reason(name, value, message):
 @pytest.mark.parametrize('name, value', [
     ('device', 'cuda:1'), ('device', 'cpu'), ('world_frame_id', 'robot1/vlm3r_world'),
     ('image_topic', '/camera/color/image_raw'), ('image_topic', '~/image'), ('compressed_image_topic', ''),
+    ('vlm_config_overrides', ''), ('vlm_config_overrides', '{"fusion_num_heads": 16, "vision": {"hidden_size": 1024}}'),
 ])
 def test_good_values_pass(name, value):
     assert check_parameter(name, value) is None
@@ -82,6 +87,7 @@ def test_vlm3r_yaml_lists_every_parameter_with_its_default():
         assert value == default, f'{name}: YAML {value!r} != node default {default!r}'
     assert params['model_source'] == 'files'
     assert params['cut3r_weights'] == params['vlm_base_dir'] == params['vlm_adapter_dir'] == ''
+    assert params['vlm_config_overrides'] == ''  # the released model needs none
 
 
 def test_tiny_yaml_overrides_valid_parameters_with_tiny_random_weights():
@@ -216,6 +222,21 @@ def test_real_weights_need_every_path_and_name_the_missing_one(tmp_path):
     with pytest.raises(ConfigError, match="parameter 'vlm_adapter_dir' = '/nonexistent/lora': no such file"):
         build_engine(settings(device='cpu', cut3r_weights=str(cut3r), vlm_base_dir=str(tmp_path),
                               vlm_adapter_dir='/nonexistent/lora'))
+
+
+@pytest.mark.parametrize('value, message', [
+    ('{"fusion_num_heads": 16', 'not valid JSON'),
+    ('"fusion_num_heads=16"', 'must be a JSON object'),
+    ('{"vision": {"hidden": 1024}}', "unknown vision config override(s) ['hidden']; valid: hidden_size"),
+    ('{"fusion_num_heads": 0}', 'fusion_num_heads=0: must be a positive integer'),
+])
+def test_bad_config_overrides_are_refused_at_configure_before_loading(value, message):
+    from vlm3r_ros.ros.node import ConfigError, build_engine
+
+    # refused before the weight paths are even looked at (they are empty here)
+    with pytest.raises(ConfigError) as info:
+        build_engine(settings(device='cpu', vlm_config_overrides=value))
+    assert str(info.value).startswith("parameter 'vlm_config_overrides': ") and message in str(info.value)
 
 
 def test_unreadable_weights_are_a_configuration_error(tmp_path):

@@ -203,6 +203,9 @@ def test_tiny_random_refuses_weight_paths(frames_dir, tmp_path, capsys):
     code, _, err = run_ask(['--tiny-random', '--frames', str(frames_dir), '-q', QUESTION,
                             '--base', str(tmp_path)], capsys)
     assert_one_line_error(code, err, '--tiny-random', '--base')
+    code, _, err = run_ask(['--tiny-random', '--frames', str(frames_dir), '-q', QUESTION,
+                            '--vlm-config-overrides', '{"fusion_num_heads": 16}'], capsys)
+    assert_one_line_error(code, err, '--tiny-random replaces', 'drop --vlm-config-overrides')
 
 
 def test_unreadable_sampled_image_is_skipped_and_reported(frames_dir, tmp_path, capsys):

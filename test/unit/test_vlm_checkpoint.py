@@ -630,3 +630,124 @@ def test_loaded_weights_do_not_depend_on_the_files(folders, tmp_path):
             f.write(bytes(size))
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# ------------------------------------------------- the user entry points, end to end
+# The overrides as a user writes them: JSON, so ``vision`` is a plain object. The tiny base's
+# config.json gives the SigLIP width (mm_hidden_size); depth, heads and the MLP size come from here.
+CLI_OVERRIDES = {'vision': {'intermediate_size': CFG.vision.intermediate_size,
+                            'num_hidden_layers': CFG.vision.num_hidden_layers,
+                            'num_attention_heads': CFG.vision.num_attention_heads},
+                 'fusion_num_heads': CFG.fusion_num_heads}
+
+
+@pytest.fixture(scope='module')
+def cli_weights(folders, tmp_path_factory):
+    """(base with the real Qwen2 tokenizer, adapter, tiny CUT3R .safetensors whose width is CFG.spatial_dim)."""
+    from vlm3r_ros.engine.checkpoint import save_cut3r_safetensors
+    from vlm3r_ros.models.cut3r.tiny import random_cut3r
+    from vlm3r_ros.models.vlm.tokenizer import save_tokenizer_json
+
+    root = tmp_path_factory.mktemp('cli_weights')
+    base = root / 'base'
+    shutil.copytree(folders[0], base)  # the shared base folder stays as the other tests expect it
+    save_tokenizer_json(base)
+    cut3r = random_cut3r('tiny_dpt', seed=0)
+    assert cut3r.config.dec_embed_dim == CFG.spatial_dim  # CUT3R's decoder width feeds the fusion block
+    path = save_cut3r_safetensors(cut3r.config, cut3r.state_dict(), root / 'cut3r.safetensors')
+    return base, folders[1], path
+
+
+@pytest.fixture(scope='module')
+def cli_frames(tmp_path_factory):
+    from vlm3r_ros.tools import sample_data
+
+    folder = tmp_path_factory.mktemp('cli_frames')
+    sample_data.write_sequence(folder, n_frames=3, size=(128, 96), seed=1)
+    return folder
+
+
+def run_ask(cli_weights, cli_frames, capsys, *extra):
+    from vlm3r_ros.tools import ask
+
+    base, adapter, cut3r = cli_weights
+    code = ask.main(['--frames', str(cli_frames), '-q', 'How many chairs are in the room?', '--base', str(base),
+                     '--adapter', str(adapter), '--cut3r', str(cut3r), '--num-frames', '2', '--max-new-tokens', '2',
+                     '--no-progress', *extra])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and 'Traceback' not in err, err
+    assert len(lines) == 1 and lines[0].startswith('vlm3r-ask: error: '), err
+    return lines[0]
+
+
+def test_vlm3r_ask_loads_a_non_default_model_with_json_overrides(cli_weights, cli_frames, capsys):
+    code, out, err = run_ask(cli_weights, cli_frames, capsys, '--vlm-config-overrides', json.dumps(CLI_OVERRIDES),
+                             '--json')
+    assert code == 0, err
+    doc = json.loads(out)
+    assert isinstance(doc['answer'], str) and doc['frames_used'] == 2 and doc['meaningless'] is False
+    assert f'{len(TARGETS)} pairs merged' in doc['load_report']
+
+
+def test_vlm3r_ask_without_the_overrides_says_to_pass_them(cli_weights, cli_frames, capsys):
+    line = one_line_error(*run_ask(cli_weights, cli_frames, capsys)[::2])
+    # the released model's 18 fusion heads do not divide the tiny SigLIP width the config.json gives
+    assert 'fusion_num_heads=18 must divide the SigLIP width 48' in line
+    assert '--vlm-config-overrides' in line and 'config.json' in line
+
+
+def test_vlm3r_ask_with_incomplete_overrides_points_at_them(cli_weights, cli_frames, capsys):
+    # fusion heads fixed, SigLIP depth not: the weights do not fit; the key listing is long
+    code, _, err = run_ask(cli_weights, cli_frames, capsys, '--vlm-config-overrides', '{"fusion_num_heads": 4}')
+    line = one_line_error(code, err)
+    assert 'do not match this VLM-3R architecture' in line and '--vlm-config-overrides' in line
+
+
+@pytest.mark.parametrize('text, message', [
+    ('{"fusion_num_heads": 4', '--vlm-config-overrides: config overrides are not valid JSON'),
+    ('{"vision": {"layers": 2}}', "--vlm-config-overrides: unknown vision config override(s) ['layers']"),
+])
+def test_vlm3r_ask_refuses_bad_overrides_before_loading(cli_weights, cli_frames, capsys, text, message):
+    line = one_line_error(*run_ask(cli_weights, cli_frames, capsys, '--vlm-config-overrides', text)[::2])
+    assert message in line
+
+
+def test_vlm3r_eval_passes_the_overrides_to_the_loader(cli_weights, tmp_path, capsys):
+    from vlm3r_ros.tools import eval as eval_tool
+
+    base, adapter, cut3r = cli_weights
+    argv = [str(tmp_path / 'bench.jsonl'), '-o', str(tmp_path / 'r.jsonl'), '--base', str(base), '--adapter',
+            str(adapter), '--cut3r', str(cut3r), '--vlm-config-overrides']
+    # a bad value is refused before the benchmark is even read
+    assert eval_tool.main(argv + ['[4]', '--no-progress']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('vlm3r-eval: error: --vlm-config-overrides: config overrides must '
+                                               'be a JSON object'), err
+    args = eval_tool.build_parser().parse_args(argv + [json.dumps(CLI_OVERRIDES)])
+    eval_tool.check_args(args)
+    backend = eval_tool.make_offline_backend(args)
+    try:
+        config = backend.pipeline.vlm.config
+        assert config.fusion_num_heads == 4 and config.vision == CFG.vision
+    finally:
+        backend.close()
+
+
+def test_node_loads_with_the_vlm_config_overrides_parameter(cli_weights):
+    from vlm3r_ros.ros.node import PARAMETERS, ConfigError, NodeSettings, build_engine
+
+    base, adapter, cut3r = cli_weights
+    values = {p.name: p.default for p in PARAMETERS}
+    values.update(device='cpu', cut3r_weights=str(cut3r), vlm_base_dir=str(base), vlm_adapter_dir=str(adapter),
+                  window_capacity=4, default_max_frames=2)
+    with pytest.raises(ConfigError) as info:
+        build_engine(NodeSettings(**{k: values[k] for k in NodeSettings.__dataclass_fields__}))
+    assert "parameter 'vlm_config_overrides'" in str(info.value) and 'fusion_num_heads=18' in str(info.value)
+    values['vlm_config_overrides'] = json.dumps(CLI_OVERRIDES)
+    engine = build_engine(NodeSettings(**{k: values[k] for k in NodeSettings.__dataclass_fields__}))
+    assert engine.pipeline.vlm.config.vision == CFG.vision

@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 
 from vlm3r_ros.engine.checkpoint import CheckpointError
-from vlm3r_ros.models.vlm.config import Vlm3rConfig, Vlm3rConfigError
+from vlm3r_ros.models.vlm.config import Vlm3rConfig, Vlm3rConfigError, check_overrides
 from vlm3r_ros.models.vlm.modeling_vlm3r import Vlm3rModel
 
 log = logging.getLogger(__name__)
@@ -278,11 +278,25 @@ def config_from_docs(doc: Mapping[str, Any], source: str, overrides: Mapping[str
         if key in doc and doc[key] not in allowed:
             raise CheckpointError(f"{source}: {key}={doc[key]!r} is not supported (this model implements "
                                   f"{key}={allowed[0]!r})")
+    overrides = dict(overrides or {})
     try:
-        return Vlm3rConfig.from_llava_config(doc, **dict(overrides or {}))
+        check_overrides(overrides)
+    except Vlm3rConfigError as exc:  # our input, not the checkpoint's: no config.json hint
+        raise CheckpointError(f"config_overrides: {exc}") from None
+    try:
+        return Vlm3rConfig.from_llava_config(doc, **overrides)
     except (Vlm3rConfigError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: cannot build the VLM-3R config: {exc} (fix the config.json, or pass "
-                              f"config_overrides, e.g. {{'select_feature': 'all'}})") from None
+                              f"config_overrides, a JSON object of Vlm3rConfig fields such as {OVERRIDES_EXAMPLE}: "
+                              f"the SigLIP and fusion sizes are not in a LLaVA config.json)") from None
+
+
+OVERRIDES_EXAMPLE = '{"fusion_num_heads": 16, "vision": {"hidden_size": 1024, "num_attention_heads": 16}}'
+
+
+def name_overrides(message: str, name: str) -> str:
+    """``message`` with ``config_overrides`` called what the user sets (an option, a parameter)."""
+    return message.replace("config_overrides", name)
 
 
 # ------------------------------------------------------------------------- LoRA
@@ -544,7 +558,9 @@ def load_vlm3r(base_dir: str | Path, adapter_dir: str | Path | None = None, *,
             are resized to it, as the official loader does. None keeps the checkpoint's rows.
         config_overrides: :class:`Vlm3rConfig` fields applied last (the official
             ``overwrite_config``), e.g. ``{"pool_mode": "average"}``, or the SigLIP / fusion
-            settings a checkpoint's config.json does not carry.
+            settings a checkpoint's config.json does not carry. ``vision`` / ``llm`` take a
+            mapping of their fields, applied on top of the config.json's (as JSON gives them:
+            :func:`~vlm3r_ros.models.vlm.config.parse_config_overrides`), or a whole settings object.
 
     Returns:
         (model in eval mode without gradients, :class:`LoadReport`).

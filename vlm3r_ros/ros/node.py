@@ -92,6 +92,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "tokenizer). Required with model_source 'files'."),
     ParamSpec("vlm_adapter_dir", "", "Folder of the VLM-3R LoRA adapter (adapter_config.json, "
               "adapter_model.*, non_lora_trainables.bin). Required with model_source 'files'."),
+    ParamSpec("vlm_config_overrides", "", "VLM-3R config fields over what the checkpoint's config.json "
+              "says, as a JSON object, e.g. '{\"fusion_num_heads\": 16, \"vision\": {\"hidden_size\": 1024}}' "
+              "(the SigLIP and fusion sizes are not in a LLaVA config.json: any model other than the released "
+              "one needs them). Empty: none. model_source 'files' only.",
+              constraints="empty or a JSON object of Vlm3rConfig fields ('vision' / 'llm' take objects)"),
     ParamSpec("tokenizer_dir", "", "Folder holding the tokenizer. Empty: vlm_base_dir (files) or the "
               "offline-built Qwen2 tokenizer (tiny_random)."),
     ParamSpec("random_seed", 0, "Seed of the tiny random weights (model_source 'tiny_random').",
@@ -156,6 +161,13 @@ def check_parameter(name: str, value) -> str | None:
         return f"{name} must be one of {', '.join(spec.choices)}; got {value!r}"
     if name == "device" and not _DEVICE_RE.match(value):
         return f"device must be auto, cpu, cuda or cuda:N; got {value!r}"
+    if name == "vlm_config_overrides":
+        from vlm3r_ros.models.vlm.config import Vlm3rConfigError, parse_config_overrides  # no torch
+
+        try:
+            parse_config_overrides(value)
+        except Vlm3rConfigError as exc:
+            return f"vlm_config_overrides: {exc}"
     if name == "world_frame_id" and not _FRAME_ID_RE.match(value):
         return (f"world_frame_id must be a tf2 frame id (letters, digits, '_' and '/', not starting with '/', "
                 f"no spaces); got {value!r}")
@@ -184,6 +196,7 @@ class NodeSettings:
     cut3r_weights: str
     vlm_base_dir: str
     vlm_adapter_dir: str
+    vlm_config_overrides: str
     tokenizer_dir: str
     random_seed: int
     device: str
@@ -251,6 +264,16 @@ _WEIGHT_PATHS = {
 }
 
 
+def parse_vlm_config_overrides(text: str) -> dict:
+    """The ``vlm_config_overrides`` parameter as a dict; ConfigError naming it when it is not valid."""
+    from vlm3r_ros.models.vlm.config import Vlm3rConfigError, parse_config_overrides
+
+    try:
+        return parse_config_overrides(text)
+    except Vlm3rConfigError as exc:
+        raise ConfigError(f"parameter 'vlm_config_overrides': {exc}") from None
+
+
 def build_engine(settings: NodeSettings):
     """Load the models named by the parameters into a SpatialEngine (slow: seconds to minutes).
 
@@ -280,6 +303,7 @@ def build_engine(settings: NodeSettings):
             cut3r = build_cut3r(cut3r_random.config, cut3r_random.state_dict(), device=device, dtype=dtype)
             vlm = random_vlm3r(seed=settings.random_seed).to(device=device).to_dtype(dtype)
         else:
+            overrides = parse_vlm_config_overrides(settings.vlm_config_overrides)  # before the slow loads
             for name in _WEIGHT_PATHS:
                 value = getattr(settings, name)
                 if not value:
@@ -289,12 +313,16 @@ def build_engine(settings: NodeSettings):
                         f"(config/tiny.yaml) to run on tiny random weights")
                 if not os.path.exists(value):
                     raise ConfigError(f"parameter '{name}' = {value!r}: no such file or folder")
-            from vlm3r_ros.engine.vlm_checkpoint import load_vlm3r
+            from vlm3r_ros.engine.vlm_checkpoint import load_vlm3r, name_overrides
 
             tokenizer = load_tokenizer(settings.tokenizer_dir or settings.vlm_base_dir)
             cut3r = load_cut3r(settings.cut3r_weights, device=device, dtype=dtype)
-            vlm, _report = load_vlm3r(settings.vlm_base_dir, settings.vlm_adapter_dir, device=device, dtype=dtype,
-                                      tokenizer_size=tokenizer.get_vocab_size(with_added_tokens=True))
+            try:
+                vlm, _report = load_vlm3r(settings.vlm_base_dir, settings.vlm_adapter_dir, device=device,
+                                          dtype=dtype, tokenizer_size=tokenizer.get_vocab_size(with_added_tokens=True),
+                                          config_overrides=overrides)
+            except CheckpointError as exc:  # say which parameter carries the overrides
+                raise CheckpointError(name_overrides(str(exc), "parameter 'vlm_config_overrides'")) from None
         pipeline = Vlm3rPipeline(vlm, cut3r, tokenizer, with_geometry=settings.geometry)
     except (CheckpointError, TokenizerError, OSError) as exc:
         raise ConfigError(f"cannot load the weights: {exc}") from None

@@ -29,7 +29,10 @@ Weights: ``--base`` is the local folder of the LLaVA-Video-Qwen2 base model (its
 is read from there too), ``--adapter`` the local folder of the VLM-3R LoRA adapter
 (Journey9ni/vlm-3r-llava-qwen2-lora), ``--cut3r`` the CUT3R checkpoint
 (cut3r_512_dpt_4_64.pth, or a .safetensors written by vlm3r-convert-cut3r). Nothing is
-downloaded. ``--tiny-random`` uses tiny random models and the real Qwen2 tokenizer (built
+downloaded. ``--vlm-config-overrides JSON`` sets VLM-3R config fields over the checkpoint's
+config.json, e.g. '{"fusion_num_heads": 16, "vision": {"hidden_size": 1024}}': the SigLIP
+and fusion sizes are not in a LLaVA config.json, so a model other than the released one needs
+them. ``--tiny-random`` uses tiny random models and the real Qwen2 tokenizer (built
 offline) instead, to test the pipeline: its answers mean nothing.
 
 Exit status: 0 answered, 2 a user error (one line on stderr), 130 interrupted.
@@ -58,6 +61,10 @@ DEFAULT_NUM_FRAMES = 32  # lmms-eval max_frames_num (Vlm3rPipeline's EVAL_NUM_FR
 DEFAULT_MAX_NEW_TOKENS = 16  # the task YAMLs (EVAL_MAX_NEW_TOKENS)
 TINY_RANDOM_NOTE = ("tiny random weights (CUT3R and VLM) with the real Qwen2 tokenizer: the answer is "
                     "MEANINGLESS; this only tests the pipeline")
+OVERRIDES_HELP = ('VLM-3R config fields over the checkpoint\'s config.json, as a JSON object, e.g. '
+                  '\'{"fusion_num_heads": 16, "vision": {"hidden_size": 1024}}\' ("vision" / "llm" take objects '
+                  'of SigLIP / Qwen2 fields). Only for a model other than the released one: its SigLIP and fusion '
+                  'sizes are not in config.json')
 WEIGHTS_HELP = ("--base is the local LLaVA-Video-7B-Qwen2 folder, --adapter the local VLM-3R LoRA folder "
                 "(Journey9ni/vlm-3r-llava-qwen2-lora), --cut3r the local cut3r_512_dpt_4_64.pth; nothing is "
                 "downloaded. Use --tiny-random to test the pipeline without weights")
@@ -189,12 +196,14 @@ def load_models(args, device: torch.device, dtype: torch.dtype) -> LoadedModels:
                             f"imported ({exc}); only --tiny-random works in this installation") from None
         tokenizer = _tokenizer_call(load_tokenizer, args.base)  # the official loader reads it from the base
         cut3r = load_model(args.cut3r, device=device, dtype=dtype)  # first: smaller; ToolError on checkpoint errors
+        overrides = config_overrides(args)
         errors = tuple({cut3r_checkpoint.CheckpointError, vlm_checkpoint.CheckpointError})
         try:
             vlm, report = vlm_checkpoint.load_vlm3r(args.base, args.adapter, device=device, dtype=dtype,
-                                                    tokenizer_size=tokenizer.get_vocab_size(with_added_tokens=True))
+                                                    tokenizer_size=tokenizer.get_vocab_size(with_added_tokens=True),
+                                                    config_overrides=overrides)
         except errors as exc:
-            raise ToolError(_one_line(str(exc))) from None
+            raise ToolError(vlm_load_error(str(exc))) from None
         except torch.OutOfMemoryError:
             raise ToolError(f"out of memory loading VLM-3R to {device} as {str(dtype).replace('torch.', '')}; "
                             f"try --dtype float16/bfloat16 or another device") from None
@@ -204,6 +213,39 @@ def load_models(args, device: torch.device, dtype: torch.dtype) -> LoadedModels:
     except ValueError as exc:  # mismatched CUT3R / VLM widths
         raise ToolError(_one_line(str(exc))) from None
     return LoadedModels(pipeline, label, time.perf_counter() - start, report)
+
+
+def config_overrides(args) -> dict:
+    """``--vlm-config-overrides`` as a dict (ToolError when it is not a JSON object of known fields).
+
+    getattr: callers may pass an argparse.Namespace built without the option."""
+    from vlm3r_ros.models.vlm.config import Vlm3rConfigError, parse_config_overrides
+
+    try:
+        return parse_config_overrides(getattr(args, "vlm_config_overrides", None))
+    except Vlm3rConfigError as exc:
+        raise ToolError(f"--vlm-config-overrides: {_one_line(str(exc))}") from None
+
+
+def vlm_load_error(message: str) -> str:
+    """One line for a VLM checkpoint error, naming --vlm-config-overrides where the loader says config_overrides.
+
+    The loader's key listings are long: when the hint falls outside the shortened line, it is added back."""
+    from vlm3r_ros.engine.vlm_checkpoint import name_overrides
+
+    text = name_overrides(message, "--vlm-config-overrides")
+    line = _one_line(text)
+    if "--vlm-config-overrides" in text and "--vlm-config-overrides" not in line:
+        line += " (do config.json and --vlm-config-overrides describe these weights?)"
+    return line
+
+
+def weight_options(args) -> list[str]:
+    """The weight options given, as the user typed them."""
+    names = [f"--{name}" for name in ("base", "adapter", "cut3r") if getattr(args, name, None) is not None]
+    if getattr(args, "vlm_config_overrides", None) is not None:
+        names.append("--vlm-config-overrides")
+    return names
 
 
 def _tokenizer_call(fn, *args):
@@ -399,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base", type=Path, help="local folder of the base model (LLaVA-Video-7B-Qwen2)")
     parser.add_argument("--adapter", type=Path, help="local folder of the VLM-3R LoRA adapter")
     parser.add_argument("--cut3r", type=Path, help="CUT3R checkpoint (cut3r_512_dpt_4_64.pth or .safetensors)")
+    parser.add_argument("--vlm-config-overrides", metavar="JSON", help=OVERRIDES_HELP)
     parser.add_argument("--tiny-random", action="store_true",
                         help="tiny random models + the real Qwen2 tokenizer, instead of --base/--adapter/--cut3r "
                              "(tests the pipeline; the answer is meaningless)")
@@ -435,10 +478,11 @@ def check_args(args) -> list[str] | None:
         build_prompt(args.question, args.options)  # the remaining question / option checks
     except PromptError as exc:
         raise ToolError(_one_line(str(exc))) from None
-    given = [f"--{name}" for name in ("base", "adapter", "cut3r") if getattr(args, name) is not None]
+    given = weight_options(args)
     if args.tiny_random:
         if given:
-            raise ToolError(f"--tiny-random replaces --base, --adapter and --cut3r; drop {', '.join(given)}")
+            raise ToolError(f"--tiny-random replaces --base, --adapter, --cut3r and --vlm-config-overrides; drop "
+                            f"{', '.join(given)}")
     else:
         missing = [f"--{name}" for name in ("base", "adapter", "cut3r") if getattr(args, name) is None]
         if missing:
@@ -449,6 +493,7 @@ def check_args(args) -> list[str] | None:
                 raise ToolError(f"--{name} not found: {path}; {WEIGHTS_HELP}")
             if (kind == "folder") != path.is_dir():
                 raise ToolError(f"--{name} {path} must be a {kind}")
+        config_overrides(args)  # a typo fails here, before the input is read and the weights load
     return args.options
 
 

@@ -36,7 +36,7 @@ EXIT_OK, EXIT_USAGE, EXIT_FAILED_ROWS, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vlm3r_ros.tools.ask import DEFAULT_MAX_NEW_TOKENS, DEFAULT_NUM_FRAMES
+    from vlm3r_ros.tools.ask import DEFAULT_MAX_NEW_TOKENS, DEFAULT_NUM_FRAMES, OVERRIDES_HELP
     from vlm3r_ros.tools.run_cut3r import DTYPES
 
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     off.add_argument("--base", type=Path, help="local LLaVA-Video-7B-Qwen2 folder")
     off.add_argument("--adapter", type=Path, help="local VLM-3R LoRA adapter folder")
     off.add_argument("--cut3r", type=Path, help="CUT3R checkpoint (cut3r_512_dpt_4_64.pth or .safetensors)")
+    off.add_argument("--vlm-config-overrides", metavar="JSON", help=OVERRIDES_HELP)
     off.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     off.add_argument("--dtype", choices=sorted(DTYPES), help="default float16 on CUDA, float32 on CPU")
     off.add_argument("--threads", type=int, help="torch CPU threads")
@@ -92,25 +93,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
-    from vlm3r_ros.tools.ask import WEIGHTS_HELP
+    from vlm3r_ros.tools.ask import WEIGHTS_HELP, config_overrides, weight_options
     from vlm3r_ros.tools.run_cut3r import ToolError
 
     for name in ("num_frames", "max_new_tokens", "limit", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ToolError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    weights = [f"--{n}" for n in ("base", "adapter", "cut3r") if getattr(args, n) is not None]
+    weights = weight_options(args)
     if args.backend == "live":
         if args.tiny_random or weights:
-            raise ToolError("--tiny-random / --base / --adapter / --cut3r are for --backend offline; the live "
-                            "node loads its own weights")
+            raise ToolError("--tiny-random / --base / --adapter / --cut3r / --vlm-config-overrides are for --backend "
+                            "offline; the live node loads its own weights (its vlm_config_overrides parameter)")
         for name in ("query_timeout", "frame_timeout", "connect_timeout"):
             if not getattr(args, name) > 0:
                 raise ToolError(f"--{name.replace('_', '-')} must be > 0")
         return
     if args.tiny_random:
         if weights:
-            raise ToolError(f"--tiny-random replaces --base, --adapter and --cut3r; drop {', '.join(weights)}")
+            raise ToolError(f"--tiny-random replaces --base, --adapter, --cut3r and --vlm-config-overrides; drop "
+                            f"{', '.join(weights)}")
         return
     missing = [f"--{n}" for n in ("base", "adapter", "cut3r") if getattr(args, n) is None]
     if missing:
@@ -121,6 +123,7 @@ def check_args(args) -> None:
             raise ToolError(f"--{name} not found: {path}")
         if (kind == "folder") != path.is_dir():
             raise ToolError(f"--{name} {path} must be a {kind}")
+    config_overrides(args)  # a typo fails before the benchmark runs
 
 
 def make_offline_backend(args):

@@ -9,6 +9,7 @@ defaults and the Qwen2-7B architecture; a real checkpoint's ``config.json`` over
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
 
@@ -131,5 +132,85 @@ class Vlm3rConfig:
                 kw[name] = doc[key]
         if "tokenizer_model_max_length" in doc:
             kw["max_context_tokens"] = int(doc["tokenizer_model_max_length"])
-        kw.update(overrides)
+        check_overrides(overrides)
+        for name, value in overrides.items():
+            if name in _NESTED and isinstance(value, Mapping):
+                # on top of what config.json gave (e.g. mm_hidden_size), not on the defaults
+                nested = kw.get(name, _NESTED[name]())
+                kw[name] = replace(nested, **value)
+            else:
+                kw[name] = value
         return cls(**kw).validate()
+
+
+_NESTED = {"vision": SiglipSettings, "llm": Qwen2Settings}
+
+
+def _check_value(where: str, name: str, value: Any, default: Any) -> None:
+    """A value of the default's type: positive for numbers (every size, count and epsilon is)."""
+    if isinstance(default, bool) or isinstance(default, str):
+        ok = type(value) is type(default)
+        want = type(default).__name__
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        want = "a positive integer"
+    else:  # float: an integer is fine too (JSON writes 1000000.0 as 1000000)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        want = "a positive number"
+    if not ok:
+        raise Vlm3rConfigError(f"config override {where}{name}={value!r}: must be {want}")
+
+
+def check_overrides(overrides: Mapping[str, Any]) -> None:
+    """Refuse unknown names and wrongly typed values in :class:`Vlm3rConfig` overrides.
+
+    ``vision`` / ``llm`` take a :class:`SiglipSettings` / :class:`Qwen2Settings` (replaces the
+    whole) or a mapping of their fields (applied on top of the checkpoint's config.json).
+    Cross-field rules (e.g. fusion_num_heads dividing the SigLIP width) are checked by
+    :meth:`Vlm3rConfig.validate` once the config.json is known.
+    """
+    if not isinstance(overrides, Mapping):
+        raise Vlm3rConfigError(f"config overrides must be a mapping of Vlm3rConfig fields, "
+                               f"got {type(overrides).__name__}")
+    top = {f.name: f for f in fields(Vlm3rConfig)}
+    unknown = [k for k in overrides if k not in top]
+    if unknown:
+        raise Vlm3rConfigError(f"unknown config override(s) {sorted(map(str, unknown))}; valid: "
+                               f"{', '.join(top)}")
+    defaults = Vlm3rConfig()
+    for name, value in overrides.items():
+        if name in _NESTED:
+            cls = _NESTED[name]
+            if isinstance(value, cls):
+                continue
+            if not isinstance(value, Mapping):
+                raise Vlm3rConfigError(f"config override {name} must be a mapping of {cls.__name__} fields, "
+                                       f"got {value!r}")
+            valid = [f.name for f in fields(cls)]
+            unknown = [k for k in value if k not in valid]
+            if unknown:
+                raise Vlm3rConfigError(f"unknown {name} config override(s) {sorted(map(str, unknown))}; valid: "
+                                       f"{', '.join(valid)}")
+            for key, v in value.items():
+                _check_value(f"{name}.", key, v, getattr(getattr(defaults, name), key))
+        else:
+            _check_value("", name, value, getattr(defaults, name))
+
+
+def parse_config_overrides(text: str | None) -> dict[str, Any]:
+    """Overrides from a JSON object (a node parameter or a command-line option); empty -> {}.
+
+    E.g. ``{"fusion_num_heads": 16, "vision": {"hidden_size": 1024}}``. Names and value
+    types are checked here (:func:`check_overrides`), so a typo fails before any weight loads.
+    """
+    if text is None or not text.strip():
+        return {}
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Vlm3rConfigError(f"config overrides are not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(doc, dict):
+        raise Vlm3rConfigError(f"config overrides must be a JSON object of Vlm3rConfig fields, e.g. "
+                               f'{{"fusion_num_heads": 16, "vision": {{"hidden_size": 1024}}}}; got {text!r}')
+    check_overrides(doc)
+    return doc
