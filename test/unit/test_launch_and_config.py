@@ -16,9 +16,11 @@ import yaml
 
 from vlm3r_ros.ros import FASTDDS_PROFILES_ENV, apply_transport_setting, fastdds_profile_path
 from vlm3r_ros.ros.node import PARAMETER_NAMES, PARAMETERS, NodeSettings, check_parameter
+from vlm3r_ros.ros.sim_bridge import PARAMETER_NAMES as BRIDGE_PARAMETER_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = ROOT / 'launch' / 'vlm3r.launch.py'
+SIM_LAUNCH = ROOT / 'launch' / 'sim.launch.py'  # the simulation bridge + the node
 LAUNCH_ARGUMENTS = {'params_file', 'image_topic', 'namespace', 'use_sim_time'}
 NODE_BUILTIN_PARAMETERS = {'use_sim_time'}  # declared by every rclpy node
 SPECS = {p.name: p for p in PARAMETERS}
@@ -108,8 +110,8 @@ def test_tiny_yaml_overrides_valid_parameters_with_tiny_random_weights():
 
 
 # ------------------------------------------------------------------ launch file
-def launch_tree():
-    return ast.parse(LAUNCH.read_text(), filename=str(LAUNCH))
+def launch_tree(path=LAUNCH):
+    return ast.parse(path.read_text(), filename=str(path))
 
 
 def calls(tree, name):
@@ -267,3 +269,33 @@ def test_cuda_without_a_gpu_is_refused():
         pytest.skip('this machine has CUDA')
     with pytest.raises(ConfigError, match="device 'cuda:0': CUDA is not available to this torch"):
         build_engine(settings(model_source='tiny_random', device='cuda:0'))
+
+
+def test_sim_launch_file_starts_the_bridge_and_the_node_on_sim_time():
+    tree = launch_tree(SIM_LAUNCH)
+    imported = {n.module.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {'launch', 'launch_ros'}, imported
+    assert 'generate_launch_description' in [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+    (bridge,) = calls(tree, 'Node')
+    (node,) = calls(tree, 'LifecycleNode')
+    assert ast.literal_eval(keyword(bridge, 'executable')) == 'vlm3r_sim_bridge'
+    assert ast.literal_eval(keyword(node, 'executable')) == 'vlm3r_node'
+    node_name = ast.literal_eval(keyword(node, 'name'))
+    bridge_params = [e for e in keyword(bridge, 'parameters').elts if isinstance(e, ast.Dict)][0]
+    keys = [ast.literal_eval(k) for k in bridge_params.keys]
+    assert set(keys) <= set(BRIDGE_PARAMETER_NAMES)
+    lockstep = ast.literal_eval(bridge_params.values[keys.index('lockstep_state_topic')])
+    assert lockstep == f'{node_name}/state', 'the bridge waits for the node it launches'
+    node_params = [e for e in keyword(node, 'parameters').elts if isinstance(e, ast.Dict)][0]
+    assert {ast.literal_eval(k): ast.literal_eval(v) for k, v in zip(node_params.keys, node_params.values)} == {
+        'use_sim_time': True}
+
+
+def test_sim_launch_arguments_are_declared_and_used():
+    tree = launch_tree(SIM_LAUNCH)
+    declared = {ast.literal_eval(c.args[0]) for c in calls(tree, 'DeclareLaunchArgument')}
+    used = {ast.literal_eval(c.args[0]) for c in calls(tree, 'LaunchConfiguration')}
+    assert declared == used == {'bridge_params_file', 'node_params_file', 'num_frames', 'output_dir', 'namespace'}
+    text = SIM_LAUNCH.read_text()
+    for name in ('sim_bridge.yaml', 'tiny.yaml', 'fastdds_large_data.xml'):
+        assert f"'{name}'" in text and (ROOT / 'config' / name).is_file()

@@ -1,10 +1,7 @@
-"""The simulation bridge's parameter table, config/sim_bridge.yaml, launch/sim.launch.py,
-the ros2-run scripts and the console scripts agree; vlm3r-sim-eval refuses bad arguments.
-
-launch and launch_ros are not installable here, so the launch file is read as a syntax tree
-(never executed), as test_launch_and_config.py does for launch/vlm3r.launch.py.
+"""The simulation bridge's parameter table, config/sim_bridge.yaml, the ros2-run scripts and
+the console scripts agree; vlm3r-sim-eval refuses bad arguments. (launch/sim.launch.py is read
+as a syntax tree in test_launch_and_config.py, with launch/vlm3r.launch.py.)
 """
-import ast
 import importlib.metadata
 import re
 from pathlib import Path
@@ -16,7 +13,6 @@ from vlm3r_ros.ros import sim_bridge
 from vlm3r_ros.ros.sim_bridge import PARAMETER_NAMES, PARAMETERS, BridgeSettings, check_parameter
 
 ROOT = Path(__file__).resolve().parents[2]
-LAUNCH = ROOT / 'launch' / 'sim.launch.py'
 SPECS = {p.name: p for p in PARAMETERS}
 
 
@@ -98,47 +94,7 @@ def test_yaml_lists_every_parameter_with_its_default():
 
 
 # ------------------------------------------------------------------ launch file
-def launch_tree():
-    return ast.parse(LAUNCH.read_text(), filename=str(LAUNCH))
-
-
-def calls(tree, name):
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)
-            and (getattr(n.func, 'id', None) == name or getattr(n.func, 'attr', None) == name)]
-
-
-def keyword(call, name):
-    return next((k.value for k in call.keywords if k.arg == name), None)
-
-
-def test_launch_file_starts_the_bridge_and_the_node_on_sim_time():
-    tree = launch_tree()
-    imported = {n.module.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert imported <= {'launch', 'launch_ros'}, imported
-    assert 'generate_launch_description' in [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
-    (bridge,) = calls(tree, 'Node')
-    (node,) = calls(tree, 'LifecycleNode')
-    assert ast.literal_eval(keyword(bridge, 'executable')) == 'vlm3r_sim_bridge'
-    assert ast.literal_eval(keyword(node, 'executable')) == 'vlm3r_node'
-    node_name = ast.literal_eval(keyword(node, 'name'))
-    bridge_params = [e for e in keyword(bridge, 'parameters').elts if isinstance(e, ast.Dict)][0]
-    keys = [ast.literal_eval(k) for k in bridge_params.keys]
-    assert set(keys) <= set(PARAMETER_NAMES)
-    lockstep = ast.literal_eval(bridge_params.values[keys.index('lockstep_state_topic')])
-    assert lockstep == f'{node_name}/state', 'the bridge waits for the node it launches'
-    node_params = [e for e in keyword(node, 'parameters').elts if isinstance(e, ast.Dict)][0]
-    assert {ast.literal_eval(k): ast.literal_eval(v) for k, v in zip(node_params.keys, node_params.values)} == {
-        'use_sim_time': True}
-
-
-def test_launch_arguments_are_declared_and_used():
-    tree = launch_tree()
-    declared = {ast.literal_eval(c.args[0]) for c in calls(tree, 'DeclareLaunchArgument')}
-    used = {ast.literal_eval(c.args[0]) for c in calls(tree, 'LaunchConfiguration')}
-    assert declared == used == {'bridge_params_file', 'node_params_file', 'num_frames', 'output_dir', 'namespace'}
-    text = LAUNCH.read_text()
-    for name in ('sim_bridge.yaml', 'tiny.yaml', 'fastdds_large_data.xml'):
-        assert f"'{name}'" in text and (ROOT / 'config' / name).is_file()
+# launch/sim.launch.py is checked in test_launch_and_config.py, with the node's launch file.
 
 
 def test_ros2_run_scripts_exist_and_cmake_installs_them():
