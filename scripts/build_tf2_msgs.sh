@@ -24,6 +24,8 @@ SRC="$ROOT/interfaces/tf2_msgs"
 
 log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/cmake_install.sh
+source "$ROOT/scripts/cmake_install.sh"  # cmake_install_package
 
 [[ -x "$PY" ]] || die "no Python at $PY: create the venv first (scripts/setup.sh)"
 if "$PY" -c 'import importlib.metadata as m; m.distribution("ros-tf2-msgs")' >/dev/null 2>&1; then
@@ -31,25 +33,8 @@ if "$PY" -c 'import importlib.metadata as m; m.distribution("ros-tf2-msgs")' >/d
   exit 0
 fi
 
-export AMENT_PREFIX_PATH="$VENV"   # else "No 'rosidl_typesupport_c' found"
-# A build tree configured for another source or prefix cannot be reused.
-if [[ -f "$BUILD/CMakeCache.txt" ]] && ! { grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$SRC" "$BUILD/CMakeCache.txt" \
-      && grep -qxF "CMAKE_INSTALL_PREFIX:PATH=$VENV" "$BUILD/CMakeCache.txt"; }; then
-  rm -rf "$BUILD"
-fi
-mkdir -p "$BUILD"
-CMAKE_LOG="$BUILD/setup-cmake.log"
-log "    tf2_msgs: generating tf2_msgs/msg/TFMessage from $SRC into $VENV (log: $CMAKE_LOG)"
-{
-  cmake -S "$SRC" -B "$BUILD" \
-    -DCMAKE_INSTALL_PREFIX="$VENV" \
-    -DCMAKE_PREFIX_PATH="$VENV" \
-    -DPython3_EXECUTABLE="$PY" \
-    -DCMAKE_BUILD_TYPE=Release \
-    -DBUILD_TESTING=OFF \
-  && cmake --build "$BUILD" -j "$(nproc)" \
-  && cmake --install "$BUILD"
-} >"$CMAKE_LOG" 2>&1 || { tail -n 40 "$CMAKE_LOG" >&2; die "building tf2_msgs failed (full log: $CMAKE_LOG)"; }
+log "    tf2_msgs: generating tf2_msgs/msg/TFMessage from $SRC into $VENV (log: $BUILD/setup-cmake.log)"
+cmake_install_package "$SRC" "$BUILD"
 
 (cd / && "$PY" -c '
 from rclpy.type_support import check_for_type_support

@@ -12,9 +12,9 @@
 #
 # Idempotent: .venv/.setup-stamp holds a hash of every input (requirements,
 # constraints, setup.py, package.xml, CMakeLists.txt, msg/, srv/, interfaces/tf2_msgs,
-# this script, scripts/build_tf2_msgs.sh and the settings below). When it matches
-# and the installed packages import, the script prints "set-up is up to date" and
-# changes nothing.
+# this script, scripts/build_tf2_msgs.sh, scripts/cmake_install.sh and the settings
+# below). When it matches and the installed packages import, the script prints
+# "set-up is up to date" and changes nothing.
 #
 # Settings (environment variables):
 #   VLM3R_PYTHON           Python used to create .venv (default: python3).
@@ -59,13 +59,15 @@ check_for_type_support(TFMessage)
 
 log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/cmake_install.sh
+source "$ROOT/scripts/cmake_install.sh"  # cmake_install_package
 
 inputs_hash() {
   local f
   {
     for f in requirements.txt constraints.txt setup.py pyproject.toml package.xml \
              CMakeLists.txt scripts/setup.sh msg/*.msg srv/*.srv \
-             scripts/build_tf2_msgs.sh interfaces/tf2_msgs/CMakeLists.txt \
+             scripts/build_tf2_msgs.sh scripts/cmake_install.sh interfaces/tf2_msgs/CMakeLists.txt \
              interfaces/tf2_msgs/package.xml interfaces/tf2_msgs/msg/*.msg; do
       printf '== %s\n' "$f"
       cat "$f"
@@ -163,28 +165,10 @@ log "4/5 building tf2_msgs (not among the wheels) in $BUILD/tf2_msgs"
 bash "$ROOT/scripts/build_tf2_msgs.sh" "$VENV" "$BUILD/tf2_msgs"
 # 4b. Our msg/ and srv/.
 log "4/5 building msg/ and srv/ with CMake in $BUILD"
-export AMENT_PREFIX_PATH="$VENV"   # else "No 'rosidl_typesupport_c' found"
 # Stale generated modules from an earlier build (e.g. a removed .msg) must go.
 rm -rf "$ROOT/$PKG/msg" "$ROOT/$PKG/srv"
 rm -f "$ROOT/$PKG"/*.so
-# A build tree configured elsewhere (the repository was moved) cannot be reused.
-if [[ -f "$BUILD/CMakeCache.txt" ]] && ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$ROOT" "$BUILD/CMakeCache.txt"; then
-  log "    removing $BUILD: it was configured for another source directory"
-  rm -rf "$BUILD"
-fi
-mkdir -p "$BUILD"
-CMAKE_LOG="$BUILD/setup-cmake.log"
-cmake -S "$ROOT" -B "$BUILD" \
-  -DCMAKE_INSTALL_PREFIX="$VENV" \
-  -DCMAKE_PREFIX_PATH="$VENV" \
-  -DPython3_EXECUTABLE="$PY" \
-  -DCMAKE_BUILD_TYPE=Release \
-  -DBUILD_TESTING=OFF \
-  >"$CMAKE_LOG" 2>&1 || { tail -n 40 "$CMAKE_LOG" >&2; die "cmake configure failed (full log: $CMAKE_LOG)"; }
-cmake --build "$BUILD" -j "$(nproc)" >>"$CMAKE_LOG" 2>&1 \
-  || { tail -n 40 "$CMAKE_LOG" >&2; die "cmake build failed (full log: $CMAKE_LOG)"; }
-cmake --install "$BUILD" >>"$CMAKE_LOG" 2>&1 \
-  || { tail -n 40 "$CMAKE_LOG" >&2; die "cmake install failed (full log: $CMAKE_LOG)"; }
+cmake_install_package "$ROOT" "$BUILD"
 
 # 5. The package, editable ------------------------------------------------------
 # Keep build isolation: the venv's own setuptools is too old for PEP 660.
