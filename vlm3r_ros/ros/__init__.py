@@ -5,13 +5,16 @@
 * :mod:`vlm3r_ros.ros.conversions`: messages <-> engine values (images, poses, clouds).
 * :mod:`vlm3r_ros.ros.main`: the ``vlm3r-node`` entry point.
 
-This module itself imports no rclpy: :func:`apply_transport_setting` must run before the
-process creates its first DDS participant.
+This module itself imports no rclpy at import time: :func:`apply_transport_setting` must run
+before the process creates its first DDS participant; :func:`ros_process` then starts rclpy.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 PACKAGE = "vlm3r_ros"
@@ -55,3 +58,33 @@ def apply_transport_setting(environ=os.environ) -> str:
         return f"Fast DDS default transports: {path} not found (large best-effort images may be lost)"
     environ[FASTDDS_PROFILES_ENV] = str(path)
     return f"Fast DDS profile {path} (16 MiB shared memory for large images; set {FASTDDS_PROFILES_ENV} to override)"
+
+
+@contextmanager
+def ros_process(argv: list[str], forced_exit_code: int = 130):
+    """rclpy in a context of its own for a command's whole run: yields ``(context, stop)``.
+
+    SIGINT and SIGTERM set the ``stop`` event, so the command can shut its node down in
+    order (rclpy's own handler would tear the context down under it); a second signal exits
+    at once with ``forced_exit_code``. On leaving, the context is shut down and the previous
+    handlers are restored. Call :func:`apply_transport_setting` first.
+    """
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        if stop.is_set():  # a second signal: the user insists
+            os._exit(forced_exit_code)
+        stop.set()
+
+    context = rclpy.Context()
+    rclpy.init(args=argv, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield context, stop
+    finally:
+        rclpy.try_shutdown(context=context)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -15,11 +15,10 @@ start (the reason is printed). A second SIGINT/SIGTERM during shutdown exits at 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 
-from vlm3r_ros.ros import apply_transport_setting
+from vlm3r_ros.ros import apply_transport_setting, ros_process
 
 EXIT_OK = 0
 EXIT_START_FAILED = 1
@@ -42,65 +41,50 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str] | None) -> int:
     transport = apply_transport_setting()  # before rclpy creates the DDS participant
 
-    import rclpy
     from rclpy.exceptions import InvalidParameterValueException, ParameterException
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.lifecycle import TransitionCallbackReturn
-    from rclpy.signals import SignalHandlerOptions
 
     from vlm3r_ros.ros.node import SpatialNode, executor_threads
 
-    args = sys.argv if argv is None else argv
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        if stop.is_set():  # a second signal: the user insists
-            os._exit(EXIT_FORCED)
-        stop.set()
-
-    context = rclpy.Context()
-    rclpy.init(args=args, context=context, signal_handler_options=SignalHandlerOptions.NO)
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    node = executor = None
-    try:
+    with ros_process(sys.argv if argv is None else argv, EXIT_FORCED) as (context, stop):
+        node = executor = None
         try:
-            node = SpatialNode(context=context)
-        except (InvalidParameterValueException, ParameterException) as exc:
-            print(f"vlm3r-node: error: {exc}", file=sys.stderr)
-            return EXIT_BAD_PARAMETER
-        log = node.get_logger()
-        log.info(transport)
-        executor = MultiThreadedExecutor(num_threads=executor_threads(node.get_parameter(
-            "max_concurrent_queries").value), context=context)
-        executor.add_node(node)
-        if node.get_parameter("autostart").value:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                log.error("could not configure the node (the reason is above); exiting")
-                return EXIT_START_FAILED
-            if stop.is_set():  # interrupted while the weights were loading
-                log.info("interrupted during start-up")
-            elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                log.error("could not activate the node (the reason is above); exiting")
-                return EXIT_START_FAILED
+            try:
+                node = SpatialNode(context=context)
+            except (InvalidParameterValueException, ParameterException) as exc:
+                print(f"vlm3r-node: error: {exc}", file=sys.stderr)
+                return EXIT_BAD_PARAMETER
+            log = node.get_logger()
+            log.info(transport)
+            executor = MultiThreadedExecutor(num_threads=executor_threads(node.get_parameter(
+                "max_concurrent_queries").value), context=context)
+            executor.add_node(node)
+            if node.get_parameter("autostart").value:
+                if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                    log.error("could not configure the node (the reason is above); exiting")
+                    return EXIT_START_FAILED
+                if stop.is_set():  # interrupted while the weights were loading
+                    log.info("interrupted during start-up")
+                elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                    log.error("could not activate the node (the reason is above); exiting")
+                    return EXIT_START_FAILED
+                else:
+                    log.info("ready")
             else:
-                log.info("ready")
-        else:
-            log.info("autostart is false: waiting in the unconfigured state for lifecycle transitions")
-        while not stop.is_set() and context.ok():
-            executor.spin_once(timeout_sec=0.1)
-        log.info("shutting down")
-        if node.current_state_label() in ("unconfigured", "inactive", "active"):
-            node.trigger_shutdown()  # deactivate (joins the worker), free the models
-        return EXIT_OK
-    finally:
-        if node is not None:
-            if executor is not None:
-                executor.shutdown(timeout_sec=SHUTDOWN_TIMEOUT_S)
-            node.stop_worker(SHUTDOWN_TIMEOUT_S)
-            node.destroy_node()
-        rclpy.try_shutdown(context=context)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+                log.info("autostart is false: waiting in the unconfigured state for lifecycle transitions")
+            while not stop.is_set() and context.ok():
+                executor.spin_once(timeout_sec=0.1)
+            log.info("shutting down")
+            if node.current_state_label() in ("unconfigured", "inactive", "active"):
+                node.trigger_shutdown()  # deactivate (joins the worker), free the models
+            return EXIT_OK
+        finally:
+            if node is not None:
+                if executor is not None:
+                    executor.shutdown(timeout_sec=SHUTDOWN_TIMEOUT_S)
+                node.stop_worker(SHUTDOWN_TIMEOUT_S)
+                node.destroy_node()
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ import json
 import math
 import os
 import re
-import signal
 import sys
 import threading
 import time
@@ -626,61 +625,47 @@ def node_class():
 
 # ---------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    from vlm3r_ros.ros import apply_transport_setting
+    from vlm3r_ros.ros import apply_transport_setting, ros_process
 
     transport = apply_transport_setting()  # large images over shared memory; before the participant exists
-    import rclpy
+
     from rclpy.exceptions import InvalidParameterValueException, ParameterException
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
 
-    args = sys.argv if argv is None else argv
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        if stop.is_set():
-            os._exit(130)  # a second signal: the user insists
-        stop.set()
-
-    context = rclpy.Context()
-    rclpy.init(args=args, context=context, signal_handler_options=SignalHandlerOptions.NO)
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    node = executor = None
-    try:
+    with ros_process(sys.argv if argv is None else argv) as (context, stop):
+        node = executor = None
         try:
-            node = node_class()(context=context)
-        except (ValueError, TypeError, ParameterException, InvalidParameterValueException) as exc:
-            # a value refused by a descriptor (type, range) or by check_parameter / BridgeSettings.check
-            print(f"vlm3r-sim-bridge: error: {exc}", file=sys.stderr, flush=True)
-            return EXIT_BAD_PARAMETER
-        log = node.get_logger()
-        log.info(transport)
-        try:
-            node.start()
-        except Exception as exc:  # noqa: BLE001 (SimError, missing files, a missing backend: one line)
-            log.error(f"could not start the simulation: {exc}")
-            return EXIT_FAILED
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(node)
-        while not stop.is_set() and context.ok():
-            executor.spin_once(timeout_sec=0.05)
-            if node.done.is_set() and (node.settings.exit_when_done or node.exit_code != EXIT_OK):
-                break
-        if stop.is_set():
-            log.info("interrupted: stopping")
-            node.stop_requested.set()
-            node.done.wait(timeout=30.0)
-        _drain(node)
-        return node.exit_code
-    finally:
-        if node is not None:
-            node.close()
-            if executor is not None:
-                executor.shutdown(timeout_sec=5.0)
-            node.destroy_node()
-        rclpy.try_shutdown(context=context)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            try:
+                node = node_class()(context=context)
+            except (ValueError, TypeError, ParameterException, InvalidParameterValueException) as exc:
+                # a value refused by a descriptor (type, range) or by check_parameter / BridgeSettings.check
+                print(f"vlm3r-sim-bridge: error: {exc}", file=sys.stderr, flush=True)
+                return EXIT_BAD_PARAMETER
+            log = node.get_logger()
+            log.info(transport)
+            try:
+                node.start()
+            except Exception as exc:  # noqa: BLE001 (SimError, missing files, a missing backend: one line)
+                log.error(f"could not start the simulation: {exc}")
+                return EXIT_FAILED
+            executor = SingleThreadedExecutor(context=context)
+            executor.add_node(node)
+            while not stop.is_set() and context.ok():
+                executor.spin_once(timeout_sec=0.05)
+                if node.done.is_set() and (node.settings.exit_when_done or node.exit_code != EXIT_OK):
+                    break
+            if stop.is_set():
+                log.info("interrupted: stopping")
+                node.stop_requested.set()
+                node.done.wait(timeout=30.0)
+            _drain(node)
+            return node.exit_code
+        finally:
+            if node is not None:
+                node.close()
+                if executor is not None:
+                    executor.shutdown(timeout_sec=5.0)
+                node.destroy_node()
 
 
 def _drain(node) -> None:
