@@ -152,13 +152,7 @@ def test_corrupt_image_is_skipped_and_counted(frames_dir, tmp_path, capsys):
 
 
 def test_video_input_stride_and_fps(tmp_path, tiny_weights, capsys):
-    imageio_ffmpeg = pytest.importorskip('imageio_ffmpeg')
-    video = tmp_path / 'clip.mp4'
-    writer = imageio_ffmpeg.write_frames(str(video), SMALL, fps=10, macro_block_size=16)
-    writer.send(None)
-    for frame in sample_data.generate_sequence(5, SMALL, seed=2):
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
+    video = sample_data.write_video(tmp_path / 'clip.mp4', sample_data.generate_sequence(5, SMALL, seed=2), SMALL)
     out = tmp_path / 'out'
     code, _, err = run_tool(['--weights', str(tiny_weights), '--input', str(video), '--out', str(out),
                              '--stride', '2', '--max-frames', '2', '--preprocessing', 'cut3r224'], capsys)

@@ -8,7 +8,6 @@ that replies from a table.
 """
 import json
 
-import numpy as np
 import pytest
 
 from vlm3r_ros.eval import harness
@@ -22,17 +21,6 @@ pytestmark = pytest.mark.usefixtures('torch_single_thread')
 
 SIZE = (96, 72)
 NUM_FRAMES = 3
-
-
-def write_video(path, frames, fps=10):
-    import imageio_ffmpeg
-
-    writer = imageio_ffmpeg.write_frames(str(path), SIZE, fps=fps, macro_block_size=8)
-    writer.send(None)
-    for frame in frames:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
-    return path
 
 
 def bench_rows():
@@ -68,7 +56,7 @@ def bench_file(tmp_path_factory):
     root = tmp_path_factory.mktemp('bench')
     sample_data.write_sequence(root / 'scannet' / 'room_a', n_frames=5, size=SIZE, seed=1)
     (root / 'arkitscenes').mkdir()
-    write_video(root / 'arkitscenes' / 'room_b.mp4', sample_data.generate_sequence(6, SIZE, seed=2))
+    sample_data.write_video(root / 'arkitscenes' / 'room_b.mp4', sample_data.generate_sequence(6, SIZE, seed=2), SIZE)
     (root / 'frames_c').mkdir()
     from PIL import Image
     for i, frame in enumerate(sample_data.generate_sequence(4, SIZE, seed=3)):

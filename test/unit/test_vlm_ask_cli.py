@@ -26,14 +26,8 @@ def frames_dir(tmp_path_factory):
     return folder
 
 
-def write_video(path, frames, fps=10):
-    imageio_ffmpeg = pytest.importorskip('imageio_ffmpeg')
-    writer = imageio_ffmpeg.write_frames(str(path), SMALL, fps=fps, macro_block_size=16)
-    writer.send(None)
-    for frame in frames:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
-    return path
+def write_video(path, frames):
+    return sample_data.write_video(path, frames, SMALL)
 
 
 @pytest.fixture(scope='module')

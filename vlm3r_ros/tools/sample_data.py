@@ -294,6 +294,22 @@ def write_sequence(folder: str | Path, n_frames: int = DEFAULT_FRAMES, size: tup
     return paths
 
 
+def write_video(path: str | Path, frames, size: tuple[int, int], fps: float = 10.0) -> Path:
+    """Encode RGB uint8 frames of ``size`` (width, height) as a video file (H.264 by the
+    ffmpeg that imageio-ffmpeg ships); no frames gives a container with no video stream."""
+    import imageio_ffmpeg
+
+    width, height = size
+    # The largest block that divides both sides, so ffmpeg never resizes the frames.
+    block = next(b for b in (16, 8, 4, 2, 1) if width % b == 0 and height % b == 0)
+    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, macro_block_size=block)
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return Path(path)
+
+
 def is_complete(folder: str | Path, n_frames: int = DEFAULT_FRAMES, size: tuple[int, int] = DEFAULT_SIZE,
                 seed: int = 0) -> bool:
     """True when ``folder`` holds a finished ``write_sequence`` output for exactly these arguments."""
