@@ -24,7 +24,8 @@ frames in order and publishes, per frame, in this order:
   one): the ground truth as JSON in the metadata layout of :mod:`vlm3r_ros.data.metadata`
   (:func:`vlm3r_ros.ros.sim_messages.scene_graph_payload`) for the frames published so far:
   at the start (no frames), every ``scene_graph_every`` frames and at the end of each pass.
-  With ``output_dir`` it is also written there (see :func:`write_outputs`).
+  With ``output_dir`` it is also written there (see :func:`write_outputs`; the scene and
+  trajectory files once, :func:`write_simulation`).
 
 Wall-clock pacing: ``rate_hz`` frames per second (0: the trajectory's own rate, so simulation
 time runs at real speed). A frame whose rendering makes it late restarts the schedule and is
@@ -262,18 +263,23 @@ def pass_period_s(times) -> float:
     return float(times[-1] - times[0]) + float(times[-1] - times[-2])
 
 
-def write_outputs(output_dir: Path, sim, graph, payload: str, summary: dict) -> list[Path]:
-    """The ground truth as files: scene_graph.json (the topic's JSON), the two metadata files of
-    :func:`vlm3r_ros.data.metadata.save_scene_graphs` (dataset 'sim', split 'run'), the scene
-    and trajectory files (to run the same simulation again) and run.json (the report)."""
+def write_simulation(output_dir: Path, sim) -> list[Path]:
+    """The scene and trajectory files (to run the same simulation again): once per run, as
+    neither changes while it runs."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return [sim.scene.save(output_dir / "scene.json"), sim.trajectory.save(output_dir / "trajectory.json")]
+
+
+def write_outputs(output_dir: Path, graph, payload: str, summary: dict) -> list[Path]:
+    """The ground truth so far as files: scene_graph.json (the topic's JSON), the two metadata
+    files of :func:`vlm3r_ros.data.metadata.save_scene_graphs` (dataset 'sim', split 'run')
+    and run.json (the report)."""
     from vlm3r_ros.data.metadata import save_scene_graphs
 
     output_dir.mkdir(parents=True, exist_ok=True)
     written = [output_dir / SCENE_GRAPH_FILE]
     _atomic_write(written[0], payload)
     written += list(save_scene_graphs([graph], output_dir, OUTPUT_DATASET, OUTPUT_SPLIT))
-    written.append(sim.scene.save(output_dir / "scene.json"))
-    written.append(sim.trajectory.save(output_dir / "trajectory.json"))
     summary_path = output_dir / SUMMARY_FILE
     _atomic_write(summary_path, json.dumps(summary, indent=1))
     written.append(summary_path)
@@ -391,6 +397,8 @@ def _make_node_class():
             if self.clock_pub is not None:
                 self.clock_pub.publish(sm.clock_message(start_ns))
             self.tf_static_pub.publish(TFMessage(transforms=sm.static_transforms(self.frames, self.mount, start_ns)))
+            if s.output_dir:
+                write_simulation(Path(s.output_dir), self.sim)
             self._publish_scene_graph(passes=0)
             self._thread = threading.Thread(target=self._run_guarded, name="sim_bridge_run", daemon=True)
             self._thread.start()
@@ -601,7 +609,7 @@ def _make_node_class():
             summary = dict(self.report, backend=s.backend, seed=s.seed, scene_name=graph.scene_name,
                            frame_ids=self.frames.as_list(), image_topic=self.image_pub.topic_name,
                            frames_in_ground_truth=len(graph.frames), complete=complete)
-            return write_outputs(Path(s.output_dir), self.sim, graph, payload, summary)
+            return write_outputs(Path(s.output_dir), graph, payload, summary)
 
         def close(self) -> None:
             self.stop_requested.set()
