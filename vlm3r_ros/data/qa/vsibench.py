@@ -71,7 +71,7 @@ def _balancer(balancer: AnswerBalancer | None) -> AnswerBalancer:
 
 def _unique_categories(scene: SceneGraph) -> list[str]:
     """Categories with exactly one instance, in the scene's category order."""
-    return [c for c, n in scene.category_counts().items() if n == 1]
+    return [o.category for o in scene.unique_objects()]
 
 
 class _Distances:
@@ -319,9 +319,8 @@ def first_appearance_seconds(scene: SceneGraph, fps: float) -> dict[str, int]:
     instances, in order of appearance."""
     category_of = {o.instance_id: o.category for o in scene.objects}
     seconds: dict[str, int] = {}
-    for frame in scene.frames:  # frame ids are increasing (SceneGraph checks)
-        for iid in frame.visible:
-            seconds.setdefault(category_of[iid], int(round(frame.frame_id / fps)))
+    for iid, frame_id in scene.first_seen().items():  # in order of appearance
+        seconds.setdefault(category_of[iid], int(round(frame_id / fps)))
     return seconds
 
 
