@@ -171,3 +171,12 @@ def test_console_script_writes_to_stdout(metadata):
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert rows and {r["question_type"] for r in rows} == {"object_size_estimation"}
     assert {r["ground_truth"] for r in rows} == {40}  # every unique object is a 0.4 m cube
+
+
+def test_every_generated_type_is_scored_by_its_benchmark():
+    # The registry and the metrics name the types separately: a generated row must be scorable.
+    from vlm3r_ros.data.qa.registry import SPECS
+    from vlm3r_ros.eval.metrics import BENCHMARKS
+
+    for spec in SPECS:
+        assert spec.question_type in BENCHMARKS[spec.benchmark].question_types, spec
