@@ -94,7 +94,7 @@ def load_scene_frames(media: SceneMedia, num_frames: int) -> SceneFrames:
     source), decoded. Raises :class:`SceneError` when none can be read."""
     from vlm3r_ros.engine.vlm3r_pipeline import uniform_frame_indices
     from vlm3r_ros.tools import ask
-    from vlm3r_ros.tools.run_cut3r import FrameSource, ToolError, _read_image
+    from vlm3r_ros.tools.run_cut3r import ToolError, _read_image
 
     start = time.perf_counter()
     if media.kind == "frames":
@@ -113,10 +113,8 @@ def load_scene_frames(media: SceneMedia, num_frames: int) -> SceneFrames:
             sampled = ask.open_input(media.path if media.kind == "video" else None,
                                      media.path if media.kind == "folder" else None, num_frames)
             images, used, skipped, seen = _read_sampled(sampled)
-            if sampled.kind == "video" and seen < sampled.indices[-1] + 1 and seen > 0:
-                # The video ended before its counted length: sample again over the frames it has.
-                sampled.source = FrameSource(sampled.source.path)
-                sampled.total, sampled.indices = seen, uniform_frame_indices(seen, num_frames)
+            if sampled.ended_early(seen) and seen > 0:
+                sampled.resample(seen, num_frames)
                 images, used, skipped, _ = _read_sampled(sampled)
             total = sampled.total
         except ToolError as exc:

@@ -81,6 +81,18 @@ class SampledInput:
     indices: list[int]  # sampled source indices, increasing
     count_seconds: float = 0.0  # time spent counting the frames of a video
 
+    def ended_early(self, frames_seen: int) -> bool:
+        """A video that ended before its last sampled frame (its counted length was wrong)."""
+        return self.kind == "video" and frames_seen < self.indices[-1] + 1
+
+    def resample(self, frames_seen: int, num_frames: int) -> None:
+        """Sample again, uniformly over the ``frames_seen`` frames the video really has,
+        from its start."""
+        from vlm3r_ros.engine.vlm3r_pipeline import uniform_frame_indices
+
+        self.source = FrameSource(self.source.path)
+        self.total, self.indices = frames_seen, uniform_frame_indices(frames_seen, num_frames)
+
 
 def count_video_frames(path: Path) -> int | None:
     """Frames of a video, counted by ffmpeg decoding it without output; None if ffmpeg cannot count.
@@ -315,7 +327,6 @@ def ask(args, loaded: LoadedModels, sampled: SampledInput, options: list[str] | 
     """Ingest the sampled frames, then answer (the steps of the module docstring)."""
     from tqdm import tqdm
 
-    from vlm3r_ros.engine.vlm3r_pipeline import uniform_frame_indices
     from vlm3r_ros.models.vlm.modeling_vlm3r import Vlm3rInputError
     from vlm3r_ros.models.vlm.prompting import PromptError, build_prompt, tokenize_with_image
 
@@ -331,14 +342,12 @@ def ask(args, loaded: LoadedModels, sampled: SampledInput, options: list[str] | 
                disable=not args.progress)
     try:
         features, used, skipped, read_seconds, seen = ingest(pipeline, sampled, bar)
-        if sampled.kind == "video" and seen < sampled.indices[-1] + 1:
-            # The video ended before the counted length: sample again over the frames it really has.
+        if sampled.ended_early(seen):
             bar.write(f"warning: video {sampled.source.path} ended after {seen} of the {sampled.total} frames "
                       f"counted; sampling again over {seen} frames", file=sys.stderr)
             if seen == 0:
                 raise ToolError(f"no frame of video {sampled.source.path} could be decoded")
-            sampled.source = FrameSource(sampled.source.path)
-            sampled.total, sampled.indices = seen, uniform_frame_indices(seen, args.num_frames)
+            sampled.resample(seen, args.num_frames)
             bar.reset(total=len(sampled.indices))
             features, used, skipped, more_seconds, _ = ingest(pipeline, sampled, bar)
             read_seconds += more_seconds
