@@ -219,18 +219,17 @@ def test_unreadable_sampled_image_is_skipped_and_reported(frames_dir, tmp_path, 
 
 
 def test_a_video_shorter_than_counted_is_sampled_again(tmp_path):
-    from vlm3r_ros.engine.vlm3r_pipeline import uniform_frame_indices
-    from vlm3r_ros.tools.run_cut3r import FrameSource
+    from vlm3r_ros.media.frames import FrameSource, SampledFrames, SampledInput, uniform_frame_indices
 
     path = write_video(tmp_path / 'six.mp4', sample_data.generate_sequence(6, SMALL, seed=3))
     # As if ffmpeg had counted 20 frames: the sampled indices run past the real end.
-    sampled = ask.SampledInput(FrameSource(path), 'video', 20, uniform_frame_indices(20, 4))
-    reader = ask.SampledFrames(sampled)
+    sampled = SampledInput(FrameSource(path), 'video', 20, uniform_frame_indices(20, 4))
+    reader = SampledFrames(sampled)
     assert len([f for f in reader if f.image is not None]) < 4
     assert sampled.ended_early(reader.frames_seen) and reader.frames_seen == 6
     sampled.resample(reader.frames_seen, 4)
     assert (sampled.total, sampled.indices) == (6, uniform_frame_indices(6, 4))
-    again = ask.SampledFrames(sampled)
+    again = SampledFrames(sampled)
     frames = [f for f in again if f.image is not None]
     assert [f.index for f in frames] == sampled.indices and not sampled.ended_early(again.frames_seen)
     sampled.source.close()

@@ -17,18 +17,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from vlm3r_ros.engine.cut3r_stream import Cut3rStream
+from vlm3r_ros.media.frames import EVAL_NUM_FRAMES, uniform_frame_indices  # the official sampling
 from vlm3r_ros.models.cut3r import Cut3rModel
 from vlm3r_ros.models.cut3r.processing import preprocess_siglip, siglip_to_cut3r
 from vlm3r_ros.models.vlm.answers import ParsedAnswer, parse_answer
 from vlm3r_ros.models.vlm.modeling_vlm3r import Vlm3rInputError, Vlm3rModel
 from vlm3r_ros.models.vlm.prompting import (EVAL_MAX_NEW_TOKENS, build_prompt, decode_reply, stop_token_ids,
                                              tokenize_with_image)
-
-EVAL_NUM_FRAMES = 32  # lmms-eval max_frames_num for VSI-Bench / VSTI-Bench
 
 
 @dataclass
@@ -59,13 +57,6 @@ class Vlm3rAnswer:
     new_tokens: int
     latency_s: float
     prompt: str = field(repr=False, default="")
-
-
-def uniform_frame_indices(total: int, num: int = EVAL_NUM_FRAMES) -> list[int]:
-    """The official sampling: ``np.linspace(0, total-1, min(total, num), dtype=int)``."""
-    if total <= 0:
-        return []
-    return np.linspace(0, total - 1, min(total, num), dtype=int).tolist()
 
 
 class Vlm3rPipeline:

@@ -32,6 +32,8 @@ from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
+from vlm3r_ros.media.frames import MediaError, SampledFrames, open_input, read_image, uniform_frame_indices
+
 from .benchmark import Benchmark, BenchmarkRow, SceneMedia, resolve_media
 from .metrics import BenchmarkSpec, ScoreSummary, mca_answer, score, score_row
 
@@ -92,16 +94,12 @@ class SceneFrames:
 def load_scene_frames(media: SceneMedia, num_frames: int) -> SceneFrames:
     """The ``num_frames`` frames the official evaluation samples (``np.linspace`` over the
     source), decoded. Raises :class:`SceneError` when none can be read."""
-    from vlm3r_ros.engine.vlm3r_pipeline import uniform_frame_indices
-    from vlm3r_ros.tools import ask
-    from vlm3r_ros.tools.run_cut3r import ToolError, _read_image
-
     start = time.perf_counter()
     if media.kind == "frames":
         indices = uniform_frame_indices(len(media.frames), num_frames)
         images, used, skipped = [], [], []
         for i in indices:
-            image, error = _read_image(media.frames[i])
+            image, error = read_image(media.frames[i])
             if image is None:
                 skipped.append(f"{media.frames[i].name}: {error}")
             else:
@@ -110,14 +108,14 @@ def load_scene_frames(media: SceneMedia, num_frames: int) -> SceneFrames:
         total = len(media.frames)
     else:
         try:
-            sampled = ask.open_input(media.path if media.kind == "video" else None,
+            sampled = open_input(media.path if media.kind == "video" else None,
                                      media.path if media.kind == "folder" else None, num_frames)
             images, used, skipped, seen = _read_sampled(sampled)
             if sampled.ended_early(seen) and seen > 0:
                 sampled.resample(seen, num_frames)
                 images, used, skipped, _ = _read_sampled(sampled)
             total = sampled.total
-        except ToolError as exc:
+        except MediaError as exc:
             raise SceneError(f"MEDIA: {exc}") from None
     if not images:
         raise SceneError(f"MEDIA: no sampled frame of {media.describe()} could be read"
@@ -126,9 +124,7 @@ def load_scene_frames(media: SceneMedia, num_frames: int) -> SceneFrames:
 
 
 def _read_sampled(sampled) -> tuple[list, list[int], list[str], int]:
-    from vlm3r_ros.tools import ask
-
-    reader = ask.SampledFrames(sampled)
+    reader = SampledFrames(sampled)
     images, used, skipped = [], [], []
     try:
         for frame in reader:

@@ -48,12 +48,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from vlm3r_ros.tools.run_cut3r import (DTYPES, Frame, FrameSource, ToolError, _one_line, _read_image, load_model,
-                                       parse_device)
+from vlm3r_ros.media.frames import SampledFrames, SampledInput, open_input
+from vlm3r_ros.errors import UserError, one_line
+from vlm3r_ros.tools.run_cut3r import DTYPES, load_model, parse_device
 
 PROG = "vlm3r-ask"
 ANSWER_TYPES = ("auto", "choice", "number", "text")  # as vlm3r_ros.models.vlm.answers.ANSWER_TYPES
@@ -68,110 +68,6 @@ OVERRIDES_HELP = ('VLM-3R config fields over the checkpoint\'s config.json, as a
 WEIGHTS_HELP = ("--base is the local LLaVA-Video-7B-Qwen2 folder, --adapter the local VLM-3R LoRA folder "
                 "(Journey9ni/vlm-3r-llava-qwen2-lora), --cut3r the local cut3r_512_dpt_4_64.pth; nothing is "
                 "downloaded. Use --tiny-random to test the pipeline without weights")
-
-
-# ---------------------------------------------------------------------- input
-@dataclass
-class SampledInput:
-    """The input, its frame count and the frames chosen by uniform sampling."""
-
-    source: FrameSource
-    kind: str  # "video" or "images"
-    total: int  # frames in the source
-    indices: list[int]  # sampled source indices, increasing
-    count_seconds: float = 0.0  # time spent counting the frames of a video
-
-    def ended_early(self, frames_seen: int) -> bool:
-        """A video that ended before its last sampled frame (its counted length was wrong)."""
-        return self.kind == "video" and frames_seen < self.indices[-1] + 1
-
-    def resample(self, frames_seen: int, num_frames: int) -> None:
-        """Sample again, uniformly over the ``frames_seen`` frames the video really has,
-        from its start."""
-        from vlm3r_ros.engine.vlm3r_pipeline import uniform_frame_indices
-
-        self.source = FrameSource(self.source.path)
-        self.total, self.indices = frames_seen, uniform_frame_indices(frames_seen, num_frames)
-
-
-def count_video_frames(path: Path) -> int | None:
-    """Frames of a video, counted by ffmpeg decoding it without output; None if ffmpeg cannot count.
-
-    Raises ToolError when the file has no video stream (an audio file, or a video with no frames).
-    """
-    import imageio_ffmpeg
-
-    try:
-        frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
-    except RuntimeError as exc:
-        text = str(exc)
-        if "matches no streams" in text or "does not contain any stream" in text:
-            raise ToolError(f"video {path} has no frames (no video stream in the file)") from None
-        return None  # let the reader say what is wrong with the file
-    return frames
-
-
-def open_input(video: Path | None, frames: Path | None, num_frames: int) -> SampledInput:
-    """Check the input path, count its frames and choose the sampled ones (before any model loads)."""
-    from vlm3r_ros.engine.vlm3r_pipeline import uniform_frame_indices
-
-    if video is not None:
-        if not video.exists():
-            raise ToolError(f"video not found: {video}")
-        if video.is_dir():
-            raise ToolError(f"--video {video} is a folder; pass a folder of images with --frames")
-        start = time.perf_counter()
-        counted = count_video_frames(video)
-        source = FrameSource(video)  # raises ToolError when ffmpeg cannot read it
-        if not source.is_video:
-            source.close()
-            raise ToolError(f"--video {video} is an image; use --frames with a folder of images")
-        total = counted if counted is not None else source.total
-        if total is None:
-            source.close()
-            raise ToolError(f"cannot count the frames of video {video} (ffmpeg reports neither a frame count "
-                            f"nor a duration); convert it, e.g. to mp4, or extract its frames into a folder")
-        if total == 0:
-            source.close()
-            raise ToolError(f"video {video} has no frames")
-        return SampledInput(source, "video", total, uniform_frame_indices(total, num_frames),
-                            time.perf_counter() - start)
-    if not frames.exists():
-        raise ToolError(f"frames folder not found: {frames}")
-    if not frames.is_dir():
-        raise ToolError(f"--frames {frames} is not a folder; pass a video file with --video")
-    source = FrameSource(frames)  # raises ToolError for a folder without images
-    return SampledInput(source, "images", source.total, uniform_frame_indices(source.total, num_frames))
-
-
-class SampledFrames:
-    """Iterates over the sampled frames of a :class:`SampledInput`, reading nothing else into memory.
-
-    ``frames_seen`` is how many frames of a video went by (to notice a video that ends
-    before the frame count said it would).
-    """
-
-    def __init__(self, sampled: SampledInput):
-        self.sampled = sampled
-        self.frames_seen = 0
-
-    def __iter__(self) -> Iterator[Frame]:
-        src, indices = self.sampled.source, self.sampled.indices
-        if not src.is_video:
-            for i in indices:
-                image, error = _read_image(src.files[i])
-                yield Frame(i, src.files[i].name, image, error)
-            return
-        wanted, last = set(indices), indices[-1]
-        try:
-            for frame in src.frames():
-                self.frames_seen = frame.index + 1
-                if frame.index in wanted:
-                    yield frame
-                if frame.index >= last:
-                    break
-        finally:
-            src.close()  # stops ffmpeg, also when the rest of the video is not needed
 
 
 # ----------------------------------------------------------------------- models
@@ -204,10 +100,10 @@ def load_models(args, device: torch.device, dtype: torch.dtype) -> LoadedModels:
         try:
             from vlm3r_ros.engine import vlm_checkpoint
         except ImportError as exc:
-            raise ToolError(f"loading a VLM-3R checkpoint needs vlm3r_ros.engine.vlm_checkpoint, which cannot be "
+            raise UserError(f"loading a VLM-3R checkpoint needs vlm3r_ros.engine.vlm_checkpoint, which cannot be "
                             f"imported ({exc}); only --tiny-random works in this installation") from None
         tokenizer = _tokenizer_call(load_tokenizer, args.base)  # the official loader reads it from the base
-        cut3r = load_model(args.cut3r, device=device, dtype=dtype)  # first: smaller; ToolError on checkpoint errors
+        cut3r = load_model(args.cut3r, device=device, dtype=dtype)  # first: smaller; UserError on checkpoint errors
         overrides = config_overrides(args)
         errors = tuple({cut3r_checkpoint.CheckpointError, vlm_checkpoint.CheckpointError})
         try:
@@ -215,20 +111,20 @@ def load_models(args, device: torch.device, dtype: torch.dtype) -> LoadedModels:
                                                     tokenizer_size=tokenizer.get_vocab_size(with_added_tokens=True),
                                                     config_overrides=overrides)
         except errors as exc:
-            raise ToolError(vlm_load_error(str(exc))) from None
+            raise UserError(vlm_load_error(str(exc))) from None
         except torch.OutOfMemoryError:
-            raise ToolError(f"out of memory loading VLM-3R to {device} as {str(dtype).replace('torch.', '')}; "
+            raise UserError(f"out of memory loading VLM-3R to {device} as {str(dtype).replace('torch.', '')}; "
                             f"try --dtype float16/bfloat16 or another device") from None
         label = f"base {args.base}, adapter {args.adapter}, CUT3R {args.cut3r}"
     try:
         pipeline = Vlm3rPipeline(vlm, cut3r, tokenizer)
     except ValueError as exc:  # mismatched CUT3R / VLM widths
-        raise ToolError(_one_line(str(exc))) from None
+        raise UserError(one_line(str(exc))) from None
     return LoadedModels(pipeline, label, time.perf_counter() - start, report)
 
 
 def config_overrides(args) -> dict:
-    """``--vlm-config-overrides`` as a dict (ToolError when it is not a JSON object of known fields).
+    """``--vlm-config-overrides`` as a dict (UserError when it is not a JSON object of known fields).
 
     getattr: callers may pass an argparse.Namespace built without the option."""
     from vlm3r_ros.models.vlm.config import Vlm3rConfigError, parse_config_overrides
@@ -236,7 +132,7 @@ def config_overrides(args) -> dict:
     try:
         return parse_config_overrides(getattr(args, "vlm_config_overrides", None))
     except Vlm3rConfigError as exc:
-        raise ToolError(f"--vlm-config-overrides: {_one_line(str(exc))}") from None
+        raise UserError(f"--vlm-config-overrides: {one_line(str(exc))}") from None
 
 
 def vlm_load_error(message: str) -> str:
@@ -246,7 +142,7 @@ def vlm_load_error(message: str) -> str:
     from vlm3r_ros.engine.vlm_checkpoint import name_overrides
 
     text = name_overrides(message, "--vlm-config-overrides")
-    line = _one_line(text)
+    line = one_line(text)
     if "--vlm-config-overrides" in text and "--vlm-config-overrides" not in line:
         line += " (do config.json and --vlm-config-overrides describe these weights?)"
     return line
@@ -266,7 +162,7 @@ def _tokenizer_call(fn, *args):
     try:
         return fn(*args)
     except TokenizerError as exc:
-        raise ToolError(_one_line(str(exc))) from None
+        raise UserError(one_line(str(exc))) from None
 
 
 def visual_token_count(config, num_frames: int) -> int:
@@ -275,12 +171,12 @@ def visual_token_count(config, num_frames: int) -> int:
 
 
 def check_context(config, frames: int, text_tokens: int, max_new_tokens: int) -> None:
-    """ToolError when the prompt plus the answer would not fit the model's context (before any frame is ingested)."""
+    """UserError when the prompt plus the answer would not fit the model's context (before any frame is ingested)."""
     visual = visual_token_count(config, frames)
     need = text_tokens + visual + max_new_tokens
     if need > config.max_context_tokens:
         fit = (config.max_context_tokens - text_tokens - max_new_tokens) // config.tokens_per_frame
-        raise ToolError(f"{frames} frames x {config.tokens_per_frame} visual tokens + {text_tokens} text tokens + "
+        raise UserError(f"{frames} frames x {config.tokens_per_frame} visual tokens + {text_tokens} text tokens + "
                         f"{max_new_tokens} new tokens = {need} exceed the model's {config.max_context_tokens}-token "
                         f"context; use --num-frames {max(fit, 0)} or fewer")
 
@@ -317,7 +213,7 @@ def ingest(pipeline, sampled: SampledInput, bar) -> tuple[list, list[int], list[
                 used.append(frame.index)
             except (ImageFormatError, Cut3rInputError) as exc:
                 skipped.append(frame.name)
-                bar.write(f"warning: skipping {frame.name}: {_one_line(str(exc))}", file=sys.stderr)
+                bar.write(f"warning: skipping {frame.name}: {one_line(str(exc))}", file=sys.stderr)
         bar.update(1)
         tick = time.perf_counter()
     return features, used, skipped, read_seconds, reader.frames_seen
@@ -334,7 +230,7 @@ def ask(args, loaded: LoadedModels, sampled: SampledInput, options: list[str] | 
     try:
         text_ids = tokenize_with_image(build_prompt(args.question, options), pipeline.tokenizer)
     except PromptError as exc:
-        raise ToolError(_one_line(str(exc))) from None
+        raise UserError(one_line(str(exc))) from None
     text_tokens = sum(1 for i in text_ids if i >= 0)
     check_context(pipeline.vlm.config, len(sampled.indices), text_tokens, args.max_new_tokens)
 
@@ -346,20 +242,20 @@ def ask(args, loaded: LoadedModels, sampled: SampledInput, options: list[str] | 
             bar.write(f"warning: video {sampled.source.path} ended after {seen} of the {sampled.total} frames "
                       f"counted; sampling again over {seen} frames", file=sys.stderr)
             if seen == 0:
-                raise ToolError(f"no frame of video {sampled.source.path} could be decoded")
+                raise UserError(f"no frame of video {sampled.source.path} could be decoded")
             sampled.resample(seen, args.num_frames)
             bar.reset(total=len(sampled.indices))
             features, used, skipped, more_seconds, _ = ingest(pipeline, sampled, bar)
             read_seconds += more_seconds
         if not features:
-            raise ToolError(f"no sampled frame of {sampled.source.path} could be read ({len(skipped)} skipped)")
+            raise UserError(f"no sampled frame of {sampled.source.path} could be read ({len(skipped)} skipped)")
         bar.set_description("generating")
         bar.refresh()
         try:
             answer = pipeline.answer(features, args.question, options, answer_type=args.answer_type,
                                      max_new_tokens=args.max_new_tokens)
         except (Vlm3rInputError, PromptError) as exc:
-            raise ToolError(_one_line(str(exc))) from None
+            raise UserError(one_line(str(exc))) from None
     finally:
         bar.close()
         sampled.source.close()
@@ -475,33 +371,33 @@ def check_args(args) -> list[str] | None:
     for name in ("num_frames", "max_new_tokens", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise ToolError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.question is None or not args.question.strip():
         if args.options:
-            raise ToolError("--options given without a question; add --question TEXT")
-        raise ToolError("the question is empty; give --question TEXT" if args.question is not None
+            raise UserError("--options given without a question; add --question TEXT")
+        raise UserError("the question is empty; give --question TEXT" if args.question is not None
                         else "--question TEXT is required")
     if args.answer_type == "choice" and not args.options:
-        raise ToolError("--answer-type choice needs --options")
+        raise UserError("--answer-type choice needs --options")
     try:
         build_prompt(args.question, args.options)  # the remaining question / option checks
     except PromptError as exc:
-        raise ToolError(_one_line(str(exc))) from None
+        raise UserError(one_line(str(exc))) from None
     given = weight_options(args)
     if args.tiny_random:
         if given:
-            raise ToolError(f"--tiny-random replaces --base, --adapter, --cut3r and --vlm-config-overrides; drop "
+            raise UserError(f"--tiny-random replaces --base, --adapter, --cut3r and --vlm-config-overrides; drop "
                             f"{', '.join(given)}")
     else:
         missing = [f"--{name}" for name in ("base", "adapter", "cut3r") if getattr(args, name) is None]
         if missing:
-            raise ToolError(f"missing {', '.join(missing)}: {WEIGHTS_HELP}")
+            raise UserError(f"missing {', '.join(missing)}: {WEIGHTS_HELP}")
         for name, kind in (("base", "folder"), ("adapter", "folder"), ("cut3r", "file")):
             path = getattr(args, name)
             if not path.exists():
-                raise ToolError(f"--{name} not found: {path}; {WEIGHTS_HELP}")
+                raise UserError(f"--{name} not found: {path}; {WEIGHTS_HELP}")
             if (kind == "folder") != path.is_dir():
-                raise ToolError(f"--{name} {path} must be a {kind}")
+                raise UserError(f"--{name} {path} must be a {kind}")
         config_overrides(args)  # a typo fails here, before the input is read and the weights load
     return args.options
 
@@ -522,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         if loaded.report is not None and not args.json:
             print(loaded.report.summary(), file=sys.stderr)
         result = ask(args, loaded, sampled, options)
-    except ToolError as exc:
+    except UserError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

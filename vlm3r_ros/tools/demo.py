@@ -43,6 +43,9 @@ import sys
 import time
 from pathlib import Path
 
+from vlm3r_ros.errors import UserError
+from vlm3r_ros.media.frames import FrameSource
+
 BANNER = "=" * 78
 REAL_WEIGHTS_HINT = "vlm3r-cut3r --weights /path/cut3r_512_dpt_4_64.pth --input VIDEO --out DIR"
 DEFAULT_WORK_DIR = Path("out/demo")
@@ -498,12 +501,12 @@ def cut3r_only(args) -> int:
           f"{weights} and loaded back with load_cut3r")
 
     stream = Cut3rStream(model, preprocessing="vlm3r")
-    source = run_cut3r.FrameSource(frames_dir)
+    source = FrameSource(frames_dir)
     label = f"{weights} ({run_cut3r.TINY_RANDOM_NOTE})"
     try:
         result = run_cut3r.run_pipeline(stream, source, out / "cut3r",
                                         run_cut3r.RunOptions(progress=not args.no_progress), weights_label=label)
-    except run_cut3r.ToolError as exc:
+    except UserError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
     print(f"[3/3] ran CUT3R (preprocessing vlm3r: SigLIP 384 -> {result.image_hw[1]}x{result.image_hw[0]}) "

@@ -94,35 +94,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args) -> None:
     from vlm3r_ros.tools.ask import WEIGHTS_HELP, config_overrides, weight_options
-    from vlm3r_ros.tools.run_cut3r import ToolError
+    from vlm3r_ros.errors import UserError
 
     for name in ("num_frames", "max_new_tokens", "limit", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise ToolError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     weights = weight_options(args)
     if args.backend == "live":
         if args.tiny_random or weights:
-            raise ToolError("--tiny-random / --base / --adapter / --cut3r / --vlm-config-overrides are for --backend "
+            raise UserError("--tiny-random / --base / --adapter / --cut3r / --vlm-config-overrides are for --backend "
                             "offline; the live node loads its own weights (its vlm_config_overrides parameter)")
         for name in ("query_timeout", "frame_timeout", "connect_timeout"):
             if not getattr(args, name) > 0:
-                raise ToolError(f"--{name.replace('_', '-')} must be > 0")
+                raise UserError(f"--{name.replace('_', '-')} must be > 0")
         return
     if args.tiny_random:
         if weights:
-            raise ToolError(f"--tiny-random replaces --base, --adapter, --cut3r and --vlm-config-overrides; drop "
+            raise UserError(f"--tiny-random replaces --base, --adapter, --cut3r and --vlm-config-overrides; drop "
                             f"{', '.join(weights)}")
         return
     missing = [f"--{n}" for n in ("base", "adapter", "cut3r") if getattr(args, n) is None]
     if missing:
-        raise ToolError(f"missing {', '.join(missing)}: {WEIGHTS_HELP}")
+        raise UserError(f"missing {', '.join(missing)}: {WEIGHTS_HELP}")
     for name, kind in (("base", "folder"), ("adapter", "folder"), ("cut3r", "file")):
         path = getattr(args, name)
         if not path.exists():
-            raise ToolError(f"--{name} not found: {path}")
+            raise UserError(f"--{name} not found: {path}")
         if (kind == "folder") != path.is_dir():
-            raise ToolError(f"--{name} {path} must be a {kind}")
+            raise UserError(f"--{name} {path} must be a {kind}")
     config_overrides(args)  # a typo fails before the benchmark runs
 
 
@@ -148,7 +148,7 @@ def make_offline_backend(args):
 
 def make_live_backend(args):
     from vlm3r_ros.eval.live_client import LiveBackend, LiveError, LiveSpatialClient
-    from vlm3r_ros.tools.run_cut3r import ToolError
+    from vlm3r_ros.errors import UserError
 
     client = LiveSpatialClient(namespace=args.namespace, node_name=args.node_name, image_topic=args.image_topic,
                                query_service=args.query_service)
@@ -156,7 +156,7 @@ def make_live_backend(args):
         client.wait_for_node(args.connect_timeout, need_reset=args.live_mode == "stream")
     except LiveError as exc:
         client.close()
-        raise ToolError(str(exc)) from None
+        raise UserError(str(exc)) from None
     return LiveBackend(client, mode=args.live_mode, num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
                        query_timeout=args.query_timeout, frame_timeout=args.frame_timeout)
 
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     from vlm3r_ros.eval import harness
     from vlm3r_ros.eval.benchmark import BenchmarkError, check_media, load_benchmark, select_rows
     from vlm3r_ros.eval.metrics import ScoringError
-    from vlm3r_ros.tools.run_cut3r import ToolError, _one_line
+    from vlm3r_ros.errors import UserError, one_line
 
     backend = None
     try:
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = load_benchmark(args.benchmark_file, args.benchmark)
         rows = select_rows(bench, args.question_types, args.limit)
         if not rows:
-            raise ToolError(f"no question of {args.benchmark_file} is selected")
+            raise UserError(f"no question of {args.benchmark_file} is selected")
         data_root = args.data_root or bench.path.parent
         if args.backend == "offline" or args.live_mode == "stream":
             check_media(rows, data_root)
@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         backend = make_offline_backend(args) if args.backend == "offline" else make_live_backend(args)
         result = harness.run(bench, rows, backend, args.output, data_root=data_root, resume=args.resume,
                              progress=args.progress, numeric=args.numeric)
-    except (ToolError, BenchmarkError, ScoringError, harness.HarnessError) as exc:
-        print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
+    except (UserError, BenchmarkError, ScoringError, harness.HarnessError) as exc:
+        print(f"{PROG}: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; the answered questions are in {args.output}: run the same command again to "

@@ -66,6 +66,8 @@ from typing import Iterator
 
 import numpy as np
 
+from vlm3r_ros.media.frames import FrameSource, MediaError
+
 from .cli import image_size
 
 DEFAULT_TOPIC = "image"  # what vlm3r-node subscribes to by default
@@ -101,7 +103,7 @@ class FrameFeed:
                  cache_bytes: int = 0):
         """``cache_bytes`` > 0: keep the decoded frames of an image folder in memory after the
         first pass when they fit in that many bytes (later passes then decode nothing)."""
-        from vlm3r_ros.tools import run_cut3r, sample_data
+        from vlm3r_ros.tools import sample_data
 
         self.input_path = input_path
         self.cache_bytes = cache_bytes
@@ -122,8 +124,8 @@ class FrameFeed:
             return
         self._frames = None
         try:
-            source = run_cut3r.FrameSource(input_path, fps)
-        except run_cut3r.ToolError as exc:
+            source = FrameSource(input_path, fps)
+        except MediaError as exc:
             raise PlayError(str(exc)) from None
         source.close()  # opened again for each pass
         self.fps = source.fps
@@ -159,11 +161,9 @@ class FrameFeed:
         if self._cache is not None:
             yield from self._cache
             return
-        from vlm3r_ros.tools import run_cut3r
-
         try:
-            source = run_cut3r.FrameSource(self.input_path, self.fps)
-        except run_cut3r.ToolError as exc:
+            source = FrameSource(self.input_path, self.fps)
+        except MediaError as exc:
             raise PlayError(str(exc)) from None
         caching = self.cache_bytes > 0 and not source.is_video
         kept: list[SourceFrame] = []
@@ -181,7 +181,7 @@ class FrameFeed:
                     kept_bytes += item.image.nbytes
                     caching = kept_bytes <= self.cache_bytes
                 yield item
-        except run_cut3r.ToolError as exc:
+        except MediaError as exc:
             raise PlayError(str(exc)) from None
         finally:
             source.close()

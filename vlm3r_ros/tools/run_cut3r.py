@@ -31,19 +31,18 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
-import re
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-DEFAULT_FOLDER_FPS = 30.0
+from vlm3r_ros.errors import UserError, one_line
+from vlm3r_ros.media.frames import FrameSource
+
 DEFAULT_MIN_CONF = 1.5
 DEFAULT_POINT_STRIDE = 4
 DEFAULT_MAX_POINTS = 2_000_000
@@ -55,125 +54,17 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
 
 
-class ToolError(Exception):
-    """A user error: printed as one line, exit status 2."""
-
-
-# ---------------------------------------------------------------------- input
-@dataclass
-class Frame:
-    index: int  # index in the source (before --stride)
-    name: str  # file name, or "frame N" for videos
-    image: np.ndarray | None  # (H, W, 3) uint8 RGB; None when unreadable
-    error: str = ""
-
-
-class FrameSource:
-    """Frames of a video file, an image folder or a single image, in order."""
-
-    def __init__(self, path: str | Path, fps: float | None = None):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise ToolError(f"input not found: {self.path}")
-        self.is_video = False
-        self.files: list[Path] = []
-        self.total: int | None = None  # frames in the source, when known
-        if self.path.is_dir():
-            try:
-                self.files = sorted((p for p in self.path.iterdir()
-                                     if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                                     and not p.name.startswith(".")), key=_natural_key)
-            except OSError as exc:
-                raise ToolError(f"cannot list folder {self.path}: {exc.strerror or exc}") from None
-            if not self.files:
-                raise ToolError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {self.path}")
-            self.fps = fps or DEFAULT_FOLDER_FPS
-            self.total = len(self.files)
-        elif self.path.suffix.lower() in IMAGE_EXTENSIONS:
-            self.files = [self.path]
-            self.fps = fps or DEFAULT_FOLDER_FPS
-            self.total = 1
-        else:
-            self.is_video = True
-            self._video, meta = self._open_video()
-            video_fps = float(meta.get("fps") or 0.0)
-            self.fps = fps or (video_fps if video_fps > 0 else DEFAULT_FOLDER_FPS)
-            self._video_size = tuple(meta["size"])  # (width, height)
-            duration = float(meta.get("duration") or 0.0)
-            self.total = int(round(duration * video_fps)) if duration > 0 and video_fps > 0 else None
-
-    def _open_video(self):
-        try:
-            import imageio_ffmpeg
-        except ImportError:
-            raise ToolError("reading videos needs imageio-ffmpeg (pip install imageio-ffmpeg), "
-                            "or pass a folder of images") from None
-        gen = imageio_ffmpeg.read_frames(str(self.path), pix_fmt="rgb24")
-        try:
-            meta = next(gen)  # the first item is the metadata: a failure here means ffmpeg cannot read the file
-        except (OSError, RuntimeError, StopIteration, ValueError) as exc:
-            gen.close()
-            lines = [line for line in str(exc).splitlines() if line.strip()]
-            raise ToolError(f"cannot read video {self.path}: {lines[-1].strip() if lines else type(exc).__name__}"
-                            ) from None
-        return gen, meta
-
-    def frames(self, stride: int = 1) -> Iterator[Frame]:
-        """Every ``stride``-th frame; an unreadable image comes with ``image=None`` and ``error``."""
-        if not self.is_video:
-            for index, path in enumerate(self.files):
-                if index % stride == 0:
-                    image, error = _read_image(path)
-                    yield Frame(index, path.name, image, error)
-            return
-        width, height = self._video_size
-        index = 0
-        try:
-            for raw in self._video:
-                if index % stride == 0:
-                    image = np.frombuffer(raw, dtype=np.uint8)
-                    if image.size != width * height * 3:
-                        yield Frame(index, f"frame {index}", None,
-                                    f"decoded {image.size} bytes, expected {width}x{height}x3")
-                    else:
-                        yield Frame(index, f"frame {index}", image.reshape(height, width, 3))
-                index += 1
-        except (OSError, RuntimeError) as exc:
-            if index == 0:
-                raise ToolError(f"cannot read video {self.path}: {_one_line(str(exc))[:300]}") from None
-            print(f"warning: video {self.path} stopped after {index} frames: {_one_line(str(exc))[:200]}",
-                  file=sys.stderr)
-
-    def close(self) -> None:
-        if self.is_video:
-            self._video.close()
-
-
-def _natural_key(path: Path):
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
-
-
-def _read_image(path: Path) -> tuple[np.ndarray | None, str]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB")), ""
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        return None, str(exc).strip() or type(exc).__name__
-
-
 # ----------------------------------------------------------------------- model
 def parse_device(text: str) -> torch.device:
-    """'cpu', 'cuda' or 'cuda:N' -> a usable torch.device (ToolError if it is not usable here)."""
+    """'cpu', 'cuda' or 'cuda:N' -> a usable torch.device (UserError if it is not usable here)."""
     from vlm3r_ros.engine.devices import resolve_device
 
     if text == "auto":
-        raise ToolError("--device must be cpu, cuda or cuda:N, got 'auto'")
+        raise UserError("--device must be cpu, cuda or cuda:N, got 'auto'")
     try:
         return resolve_device(text)
     except ValueError as exc:
-        raise ToolError(f"--{exc}") from None
+        raise UserError(f"--{exc}") from None
 
 
 def load_model(weights: Path | None, *, tiny_random: bool = False, config_name: str | None = None,
@@ -187,35 +78,30 @@ def load_model(weights: Path | None, *, tiny_random: bool = False, config_name: 
 
         return random_cut3r("tiny_dpt", seed).to(device=device, dtype=dtype)
     if weights is None:
-        raise ToolError(f"give --weights PATH or --tiny-random; {CHECKPOINT_HELP}")
+        raise UserError(f"give --weights PATH or --tiny-random; {CHECKPOINT_HELP}")
     if not weights.is_file():
-        raise ToolError(f"CUT3R weights not found: {weights}; {CHECKPOINT_HELP}")
+        raise UserError(f"CUT3R weights not found: {weights}; {CHECKPOINT_HELP}")
     config = None
     if config_name is not None:
         if config_name not in PUBLIC_CONFIGS:
-            raise ToolError(f"--config must be one of {sorted(PUBLIC_CONFIGS)}, got {config_name!r}")
+            raise UserError(f"--config must be one of {sorted(PUBLIC_CONFIGS)}, got {config_name!r}")
         config = PUBLIC_CONFIGS[config_name]
     try:  # load_cut3r in two steps, so that a read error and a build error read differently
         config, state_dict = read_cut3r_checkpoint(weights, config)
     except CheckpointError as exc:
-        raise ToolError(_one_line(str(exc))) from None
+        raise UserError(one_line(str(exc))) from None
     except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
         # checkpoint.py lets the legacy (non-zip) fallback's unpickling errors through
-        raise ToolError(f"{weights}: not a readable torch checkpoint ({_one_line(str(exc))})") from None
+        raise UserError(f"{weights}: not a readable torch checkpoint ({one_line(str(exc))})") from None
     except OSError as exc:
-        raise ToolError(f"cannot read CUT3R weights {weights}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot read CUT3R weights {weights}: {exc.strerror or exc}") from None
     try:
         return build_cut3r(config, state_dict, device=device, dtype=dtype)
     except CheckpointError as exc:
-        raise ToolError(f"{weights}: {_one_line(str(exc))}") from None
+        raise UserError(f"{weights}: {one_line(str(exc))}") from None
     except torch.OutOfMemoryError:
-        raise ToolError(f"out of memory loading {weights} to {device} as {dtype}; "
+        raise UserError(f"out of memory loading {weights} to {device} as {dtype}; "
                         f"try --dtype float16/bfloat16 or another device") from None
-
-
-def _one_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return " ".join(lines[:4]) + (" ..." if len(lines) > 4 else "")
 
 
 def default_preprocessing(model, tiny_random: bool) -> str:
@@ -386,7 +272,7 @@ def run_pipeline(stream, source: FrameSource, out_dir: str | Path, options: RunO
         bar.close()
         source.close()
     if result.frames == 0:
-        raise ToolError(f"no frame of {source.path} could be processed ({len(result.skipped)} skipped)")
+        raise UserError(f"no frame of {source.path} could be processed ({len(result.skipped)} skipped)")
 
     frame_note = "world = first frame's camera frame (OpenCV: x right, y down, z forward); model units"
     write_tum(out / "trajectory.tum", poses, [f"CUT3R camera-to-world trajectory of {source.path}",
@@ -463,13 +349,13 @@ def _check_numbers(args) -> None:
     for name in ("stride", "point_stride", "max_frames", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise ToolError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.max_points < 0:
-        raise ToolError(f"--max-points must be >= 0, got {args.max_points}")
+        raise UserError(f"--max-points must be >= 0, got {args.max_points}")
     if args.fps is not None and not args.fps > 0:
-        raise ToolError(f"--fps must be > 0, got {args.fps}")
+        raise UserError(f"--fps must be > 0, got {args.fps}")
     if args.out.exists() and not args.out.is_dir():
-        raise ToolError(f"--out {args.out} exists and is not a folder")
+        raise UserError(f"--out {args.out} exists and is not a folder")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -483,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         if args.tiny_random and args.config:
-            raise ToolError("--config applies to --weights only (--tiny-random uses the tiny dpt config)")
+            raise UserError("--config applies to --weights only (--tiny-random uses the tiny dpt config)")
         source = FrameSource(args.input, fps=args.fps)  # input errors before the (slow) model load
         start = time.perf_counter()
         try:
@@ -505,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                           stride=args.stride, max_frames=args.max_frames, progress=not args.no_progress)
         result = run_pipeline(stream, source, args.out, opts, weights_label=label,
                               extra_summary={"load_seconds": load_seconds})
-    except ToolError as exc:
+    except UserError as exc:
         print(f"vlm3r-cut3r: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
