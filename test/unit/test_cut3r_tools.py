@@ -13,6 +13,7 @@ from PIL import Image
 
 from vlm3r_ros.engine.checkpoint import load_cut3r, save_cut3r_safetensors
 from vlm3r_ros.engine.cut3r_stream import Cut3rStream
+from vlm3r_ros.media.writers import PLY_DTYPE, PointSampler
 from vlm3r_ros.models.cut3r.tiny import TINY_CONFIGS, random_cut3r
 from vlm3r_ros.tools import convert_cut3r, demo, run_cut3r, sample_data
 
@@ -45,8 +46,8 @@ def read_ply(path):
     end = data.index(b'end_header\n') + len(b'end_header\n')
     header = data[:end].decode('ascii').splitlines()
     count = int(next(line.split()[2] for line in header if line.startswith('element vertex')))
-    assert len(data) == end + count * run_cut3r.PLY_DTYPE.itemsize, 'vertex count does not match the file size'
-    return header, np.frombuffer(data[end:], dtype=run_cut3r.PLY_DTYPE)
+    assert len(data) == end + count * PLY_DTYPE.itemsize, 'vertex count does not match the file size'
+    return header, np.frombuffer(data[end:], dtype=PLY_DTYPE)
 
 
 def run_tool(argv, capsys):
@@ -193,7 +194,7 @@ def test_cuda_request_without_cuda_is_a_clear_error(frames_dir, tmp_path, capsys
 
 
 def test_point_sampler_is_an_even_bounded_subset():
-    sampler = run_cut3r.PointSampler(max_points=100, seed=0)
+    sampler = PointSampler(max_points=100, seed=0)
     for start in range(0, 1000, 70):
         n = min(70, 1000 - start)
         xyz = np.arange(start, start + n, dtype=np.float32)[:, None].repeat(3, axis=1)
