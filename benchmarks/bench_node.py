@@ -438,7 +438,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from vlm3r_ros.ros import apply_transport_setting
-    from vlm3r_ros.tools import sample_data
+    from vlm3r_ros.media import sample_scene
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 101)))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -455,8 +455,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="vlm3r-bench-") as tmp:
         tmp = Path(tmp)
         frames_dir = tmp / "frames"
-        sample_data.write_sequence(frames_dir, 30, (width, height), seed=0)
-        frames = sample_data.generate_sequence(30, (width, height), seed=0)
+        sample_scene.write_sequence(frames_dir, 30, (width, height), seed=0)
+        frames = sample_scene.generate_sequence(30, (width, height), seed=0)
 
         if args.engine_frames:
             import torch

@@ -353,7 +353,7 @@ def run_parent(args) -> int:
     import numpy as np
     import torch
 
-    from vlm3r_ros.tools.sample_data import generate_sequence
+    from vlm3r_ros.media.sample_scene import generate_sequence
 
     print(f"torch {torch.__version__}, cpu float32, threads {args.threads or torch.get_num_threads()} "
           f"(of {os.cpu_count()} CPUs), load average {os.getloadavg()[0]:.2f} at start")

@@ -26,7 +26,7 @@ from vlm3r_ros.eval.harness import OfflineBackend, run
 from vlm3r_ros.eval.live_client import LiveBackend, LiveError, LiveSpatialClient
 from vlm3r_ros.srv import SpatialQuery
 from vlm3r_ros.tools import eval as eval_tool
-from vlm3r_ros.tools import sample_data
+from vlm3r_ros.media import sample_scene
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
 
@@ -44,8 +44,8 @@ SIZE = (96, 72)
 @pytest.fixture(scope='module')
 def bench_file(tmp_path_factory):
     root = tmp_path_factory.mktemp('live_bench')
-    sample_data.write_sequence(root / 'scannet' / 'room_a', n_frames=5, size=SIZE, seed=1)
-    sample_data.write_sequence(root / 'scannet' / 'room_b', n_frames=4, size=SIZE, seed=2)
+    sample_scene.write_sequence(root / 'scannet' / 'room_a', n_frames=5, size=SIZE, seed=1)
+    sample_scene.write_sequence(root / 'scannet' / 'room_b', n_frames=4, size=SIZE, seed=2)
     rows = []
     for i, scene in enumerate(('room_a', 'room_b')):
         common = dict(dataset='scannet', scene_name=scene, video_path=f'scannet/{scene}')

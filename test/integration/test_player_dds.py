@@ -24,7 +24,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
 from vlm3r_ros.ros import FASTDDS_BUILTIN_ENV, FASTDDS_PROFILES_ENV, fastdds_profile_path
-from vlm3r_ros.tools import play, sample_data
+from vlm3r_ros.media import sample_scene
+from vlm3r_ros.tools import play
 
 pytestmark = pytest.mark.ros
 
@@ -37,7 +38,7 @@ RECEIVE_TIMEOUT_S = 60.0
 @pytest.fixture(scope='module')
 def frames_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp('play_frames')
-    sample_data.write_sequence(folder, n_frames=N_FRAMES, size=SIZE, seed=4, fps=FPS)
+    sample_scene.write_sequence(folder, n_frames=N_FRAMES, size=SIZE, seed=4, fps=FPS)
     return folder
 
 
@@ -126,7 +127,7 @@ def test_player_streams_a_folder_best_effort(ros_node, frames_dir, spawn_python,
 
     # The folder came from sample_data: its sequence.json intrinsics are used (exact, not guessed).
     assert len(infos) == N_FRAMES
-    fx, fy, cx, cy = sample_data.intrinsics(SIZE)
+    fx, fy, cx, cy = sample_scene.intrinsics(SIZE)
     for info, image in zip(infos, images):
         assert info.header == image.header
         assert (info.width, info.height, info.distortion_model) == (SIZE[0], SIZE[1], 'plumb_bob')

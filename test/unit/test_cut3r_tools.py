@@ -15,6 +15,7 @@ from vlm3r_ros.engine.checkpoint import load_cut3r, save_cut3r_safetensors
 from vlm3r_ros.engine.cut3r_stream import Cut3rStream
 from vlm3r_ros.media.writers import PLY_DTYPE, PointSampler
 from vlm3r_ros.models.cut3r.tiny import TINY_CONFIGS, random_cut3r
+from vlm3r_ros.media import sample_scene
 from vlm3r_ros.tools import convert_cut3r, demo, run_cut3r, sample_data
 
 SMALL = (128, 96)  # (width, height) of the test frames
@@ -23,7 +24,7 @@ SMALL = (128, 96)  # (width, height) of the test frames
 @pytest.fixture(scope='module')
 def frames_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp('frames')
-    sample_data.write_sequence(folder, n_frames=4, size=SMALL, seed=1)
+    sample_scene.write_sequence(folder, n_frames=4, size=SMALL, seed=1)
     return folder
 
 
@@ -58,7 +59,7 @@ def run_tool(argv, capsys):
 
 # ------------------------------------------------------------------ sample_data
 def test_sample_frames_are_textured_and_change():
-    frames = sample_data.generate_sequence(3, SMALL, seed=0)
+    frames = sample_scene.generate_sequence(3, SMALL, seed=0)
     assert len(frames) == 3
     for frame in frames:
         assert frame.shape == (SMALL[1], SMALL[0], 3) and frame.dtype == np.uint8
@@ -66,9 +67,9 @@ def test_sample_frames_are_textured_and_change():
         assert len(np.unique(frame.reshape(-1, 3), axis=0)) > 100  # textured, several colours
     for a, b in zip(frames, frames[1:]):
         assert np.abs(a.astype(int) - b.astype(int)).mean() > 2  # the camera moves
-    again = sample_data.generate_sequence(3, SMALL, seed=0)
+    again = sample_scene.generate_sequence(3, SMALL, seed=0)
     assert all(np.array_equal(a, b) for a, b in zip(frames, again))  # deterministic
-    other = sample_data.generate_sequence(1, SMALL, seed=1)[0]
+    other = sample_scene.generate_sequence(1, SMALL, seed=1)[0]
     assert not np.array_equal(frames[0], other)  # the seed changes the textures
 
 
@@ -78,8 +79,8 @@ def test_write_sequence_files(tmp_path, capsys):
     folder = tmp_path / 'seq'
     assert sorted(p.name for p in folder.glob('*.png')) == ['frame_000000.png', 'frame_000001.png']
     assert Image.open(folder / 'frame_000001.png').size == (64, 48)
-    assert sample_data.is_complete(folder, 2, (64, 48))
-    assert not sample_data.is_complete(folder, 3, (64, 48))
+    assert sample_scene.is_complete(folder, 2, (64, 48))
+    assert not sample_scene.is_complete(folder, 3, (64, 48))
     gt = read_tum(folder / 'groundtruth.tum')
     assert gt.shape == (2, 8)
     np.testing.assert_allclose(gt[0, 1:], [0, 0, 0, 0, 0, 0, 1], atol=1e-9)  # world = first camera
@@ -153,7 +154,7 @@ def test_corrupt_image_is_skipped_and_counted(frames_dir, tmp_path, capsys):
 
 
 def test_video_input_stride_and_fps(tmp_path, tiny_weights, capsys):
-    video = sample_data.write_video(tmp_path / 'clip.mp4', sample_data.generate_sequence(5, SMALL, seed=2), SMALL)
+    video = sample_scene.write_video(tmp_path / 'clip.mp4', sample_scene.generate_sequence(5, SMALL, seed=2), SMALL)
     out = tmp_path / 'out'
     code, _, err = run_tool(['--weights', str(tiny_weights), '--input', str(video), '--out', str(out),
                              '--stride', '2', '--max-frames', '2', '--preprocessing', 'cut3r224'], capsys)
@@ -231,7 +232,7 @@ def test_convert_round_trip(tmp_path, capsys):
     assert 'tensors' in out and f'{dst.stat().st_size:,} bytes' in out
     assert dst.with_suffix('.json').is_file()
 
-    frame = sample_data.generate_sequence(1, SMALL, seed=0)[0]
+    frame = sample_scene.generate_sequence(1, SMALL, seed=0)[0]
     results = []
     for path in (src, dst):
         res = Cut3rStream(load_cut3r(path), 'cut3r224').step(frame, with_heads=True)

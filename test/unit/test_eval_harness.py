@@ -15,7 +15,7 @@ from vlm3r_ros.eval.benchmark import load_benchmark, select_rows
 from vlm3r_ros.eval.harness import (
     HarnessError, OfflineBackend, Reply, SceneError, convert_value, format_table, read_results, run, save_plot)
 from vlm3r_ros.tools import eval as eval_tool
-from vlm3r_ros.tools import sample_data
+from vlm3r_ros.media import sample_scene
 
 pytestmark = pytest.mark.usefixtures('torch_single_thread')
 
@@ -54,12 +54,12 @@ def bench_rows():
 @pytest.fixture(scope='module')
 def bench_file(tmp_path_factory):
     root = tmp_path_factory.mktemp('bench')
-    sample_data.write_sequence(root / 'scannet' / 'room_a', n_frames=5, size=SIZE, seed=1)
+    sample_scene.write_sequence(root / 'scannet' / 'room_a', n_frames=5, size=SIZE, seed=1)
     (root / 'arkitscenes').mkdir()
-    sample_data.write_video(root / 'arkitscenes' / 'room_b.mp4', sample_data.generate_sequence(6, SIZE, seed=2), SIZE)
+    sample_scene.write_video(root / 'arkitscenes' / 'room_b.mp4', sample_scene.generate_sequence(6, SIZE, seed=2), SIZE)
     (root / 'frames_c').mkdir()
     from PIL import Image
-    for i, frame in enumerate(sample_data.generate_sequence(4, SIZE, seed=3)):
+    for i, frame in enumerate(sample_scene.generate_sequence(4, SIZE, seed=3)):
         Image.fromarray(frame).save(root / 'frames_c' / f'{i}.png')
     path = root / 'bench.jsonl'
     path.write_text(''.join(json.dumps(r) + '\n' for r in bench_rows()))
@@ -166,7 +166,7 @@ def test_the_same_frames_give_the_same_answers_as_the_one_question_path(bench_fi
     run(bench, select_rows(bench, ['object_counting'], limit=1), OfflineBackend(pipeline, num_frames=NUM_FRAMES,
                                                                                 max_new_tokens=4), out,
         progress=False)
-    images = sample_data.generate_sequence(5, SIZE, seed=1)  # room_a, as written to PNG (lossless)
+    images = sample_scene.generate_sequence(5, SIZE, seed=1)  # room_a, as written to PNG (lossless)
     direct = pipeline.answer_video(images, 'How many chairs are in this room?', None, num_frames=NUM_FRAMES,
                                    max_new_tokens=4)
     assert lines(out)[0]['prediction'] == direct.text

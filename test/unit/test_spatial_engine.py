@@ -18,7 +18,7 @@ from vlm3r_ros.engine.vlm3r_pipeline import Vlm3rPipeline
 from vlm3r_ros.models.cut3r.tiny import random_cut3r
 from vlm3r_ros.models.vlm.tiny import random_vlm3r
 from vlm3r_ros.models.vlm.tokenizer import build_qwen2_tokenizer
-from vlm3r_ros.tools import sample_data
+from vlm3r_ros.media import sample_scene
 
 pytestmark = pytest.mark.usefixtures('torch_single_thread')
 
@@ -47,7 +47,7 @@ def geometry_pipeline(models):
 
 @pytest.fixture(scope='module')
 def frames():
-    return sample_data.generate_sequence(10, SIZE, seed=0)
+    return sample_scene.generate_sequence(10, SIZE, seed=0)
 
 
 def make_engine(pipeline, **config):

@@ -11,7 +11,8 @@ from PIL import Image
 
 from vlm3r_ros.models.vlm.prompting import build_prompt, tokenize_with_image
 from vlm3r_ros.models.vlm.tokenizer import build_qwen2_tokenizer, save_tokenizer_json
-from vlm3r_ros.tools import ask, sample_data
+from vlm3r_ros.media import sample_scene
+from vlm3r_ros.tools import ask
 
 pytestmark = pytest.mark.usefixtures('torch_single_thread')
 
@@ -22,17 +23,17 @@ QUESTION = 'How many chairs are in the room?'
 @pytest.fixture(scope='module')
 def frames_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp('frames')
-    sample_data.write_sequence(folder, n_frames=5, size=SMALL, seed=1)
+    sample_scene.write_sequence(folder, n_frames=5, size=SMALL, seed=1)
     return folder
 
 
 def write_video(path, frames):
-    return sample_data.write_video(path, frames, SMALL)
+    return sample_scene.write_video(path, frames, SMALL)
 
 
 @pytest.fixture(scope='module')
 def video(tmp_path_factory):
-    return write_video(tmp_path_factory.mktemp('video') / 'clip.mp4', sample_data.generate_sequence(12, SMALL, seed=2))
+    return write_video(tmp_path_factory.mktemp('video') / 'clip.mp4', sample_scene.generate_sequence(12, SMALL, seed=2))
 
 
 def run_ask(argv, capsys, progress=False):
@@ -221,7 +222,7 @@ def test_unreadable_sampled_image_is_skipped_and_reported(frames_dir, tmp_path, 
 def test_a_video_shorter_than_counted_is_sampled_again(tmp_path):
     from vlm3r_ros.media.frames import FrameSource, SampledFrames, SampledInput, uniform_frame_indices
 
-    path = write_video(tmp_path / 'six.mp4', sample_data.generate_sequence(6, SMALL, seed=3))
+    path = write_video(tmp_path / 'six.mp4', sample_scene.generate_sequence(6, SMALL, seed=3))
     # As if ffmpeg had counted 20 frames: the sampled indices run past the real end.
     sampled = SampledInput(FrameSource(path), 'video', 20, uniform_frame_indices(20, 4))
     reader = SampledFrames(sampled)

@@ -660,10 +660,10 @@ def cli_weights(folders, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def cli_frames(tmp_path_factory):
-    from vlm3r_ros.tools import sample_data
+    from vlm3r_ros.media import sample_scene
 
     folder = tmp_path_factory.mktemp('cli_frames')
-    sample_data.write_sequence(folder, n_frames=3, size=(128, 96), seed=1)
+    sample_scene.write_sequence(folder, n_frames=3, size=(128, 96), seed=1)
     return folder
 
 

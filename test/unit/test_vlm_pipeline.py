@@ -21,7 +21,7 @@ from vlm3r_ros.models.vlm.modeling_vlm3r import Vlm3rInputError
 from vlm3r_ros.models.vlm.prompting import PromptError, build_prompt, tokenize_with_image
 from vlm3r_ros.models.vlm.tiny import TINY_VLM3R, random_vlm3r
 from vlm3r_ros.models.vlm.tokenizer import build_qwen2_tokenizer
-from vlm3r_ros.tools.sample_data import generate_sequence
+from vlm3r_ros.media.sample_scene import generate_sequence
 
 pytestmark = pytest.mark.usefixtures('torch_single_thread')
 

@@ -75,14 +75,14 @@ class DemoError(Exception):
 
 # ------------------------------------------------------------------ argument handling
 def build_parser() -> argparse.ArgumentParser:
-    from vlm3r_ros.tools import sample_data
+    from vlm3r_ros.media import sample_scene
 
     parser = argparse.ArgumentParser(prog="python -m vlm3r_ros.tools.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params-file", type=Path, default=None,
                         help="node parameters (default config/tiny.yaml: tiny random weights)")
     parser.add_argument("--frames", type=int, default=None,
-                        help=f"frames to render (default {DEFAULT_FRAMES}; {sample_data.DEFAULT_FRAMES} with "
+                        help=f"frames to render (default {DEFAULT_FRAMES}; {sample_scene.DEFAULT_FRAMES} with "
                              f"--cut3r-only)")
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE_HZ, help="camera rate in Hz (default 10)")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
@@ -225,7 +225,7 @@ def isolate_ros_environment(env) -> str:
 
 # ------------------------------------------------------------------ the node demo
 def node_demo(args) -> int:
-    from vlm3r_ros.tools import sample_data
+    from vlm3r_ros.media import sample_scene
 
     frames = DEFAULT_FRAMES if args.frames is None else args.frames
     min_frames = frames if args.min_frames is None else args.min_frames
@@ -265,12 +265,12 @@ def node_demo(args) -> int:
 
     frames_dir = args.work_dir / "frames"
     start = time.monotonic()
-    if sample_data.is_complete(frames_dir, frames):
+    if sample_scene.is_complete(frames_dir, frames):
         print(f"[1/5] frames: {frames_dir} ({frames} frames, already complete, kept)")
     else:
-        print(f"[1/5] frames: rendering {frames} frames of {sample_data.DEFAULT_SIZE[0]}x"
-              f"{sample_data.DEFAULT_SIZE[1]} into {frames_dir} ...", flush=True)
-        sample_data.write_sequence(frames_dir, frames)
+        print(f"[1/5] frames: rendering {frames} frames of {sample_scene.DEFAULT_SIZE[0]}x"
+              f"{sample_scene.DEFAULT_SIZE[1]} into {frames_dir} ...", flush=True)
+        sample_scene.write_sequence(frames_dir, frames)
         print(f"      done in {time.monotonic() - start:.1f} s")
 
     children: list[Child] = []
@@ -293,7 +293,7 @@ def node_demo(args) -> int:
         player = Child("vlm3r-play", player_argv, args.work_dir / "play.log", env)
         children.append(player)
         print(f"[3/5] camera: {' '.join(player_argv)}")
-        print(f"      ({frames} frames of {sample_data.DEFAULT_SIZE[0]}x{sample_data.DEFAULT_SIZE[1]} rgb8 at "
+        print(f"      ({frames} frames of {sample_scene.DEFAULT_SIZE[0]}x{sample_scene.DEFAULT_SIZE[1]} rgb8 at "
               f"{args.rate:g} Hz, looping; its log: {player.log_path})", flush=True)
 
         t0 = time.monotonic()
@@ -465,10 +465,11 @@ def cut3r_only(args) -> int:
     from vlm3r_ros.engine.checkpoint import load_cut3r, save_cut3r_safetensors
     from vlm3r_ros.engine.cut3r_stream import Cut3rStream
     from vlm3r_ros.models.cut3r.tiny import random_cut3r
-    from vlm3r_ros.tools import run_cut3r, sample_data
+    from vlm3r_ros.media import sample_scene
+    from vlm3r_ros.tools import run_cut3r
 
     out = args.out or DEFAULT_WORK_DIR
-    n_frames = sample_data.DEFAULT_FRAMES if args.frames is None else args.frames
+    n_frames = sample_scene.DEFAULT_FRAMES if args.frames is None else args.frames
     if n_frames < 1:
         print(f"demo: error: --frames must be >= 1, got {n_frames}", file=sys.stderr)
         return 2
@@ -484,12 +485,12 @@ def cut3r_only(args) -> int:
 
     frames_dir = out / "frames"
     start = time.perf_counter()
-    if sample_data.is_complete(frames_dir, n_frames):
+    if sample_scene.is_complete(frames_dir, n_frames):
         print(f"[1/3] sample frames: {frames_dir} (already complete, kept)")
     else:
-        sample_data.write_sequence(frames_dir, n_frames)
+        sample_scene.write_sequence(frames_dir, n_frames)
         print(f"[1/3] sample frames: rendered {n_frames} frames of "
-              f"{sample_data.DEFAULT_SIZE[0]}x{sample_data.DEFAULT_SIZE[1]} into {frames_dir} "
+              f"{sample_scene.DEFAULT_SIZE[0]}x{sample_scene.DEFAULT_SIZE[1]} into {frames_dir} "
               f"({time.perf_counter() - start:.1f} s)")
 
     weights = out / "cut3r_tiny_random.safetensors"
@@ -526,7 +527,7 @@ def cut3r_only(args) -> int:
     for path in result.files.values():
         print(f"  {path}")
     print(f"  ({s['points_written']:,} points in points.ply; ground truth of the rendered camera in "
-          f"{frames_dir / sample_data.GROUNDTRUTH_TUM})")
+          f"{frames_dir / sample_scene.GROUNDTRUTH_TUM})")
     print()
     print(BANNER)
     print("REMINDER: tiny random weights, meaningless geometry. For real outputs:")

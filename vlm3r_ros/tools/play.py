@@ -103,7 +103,7 @@ class FrameFeed:
                  cache_bytes: int = 0):
         """``cache_bytes`` > 0: keep the decoded frames of an image folder in memory after the
         first pass when they fit in that many bytes (later passes then decode nothing)."""
-        from vlm3r_ros.tools import sample_data
+        from vlm3r_ros.media import sample_scene
 
         self.input_path = input_path
         self.cache_bytes = cache_bytes
@@ -114,12 +114,12 @@ class FrameFeed:
             if generated < 1:
                 raise PlayError(f"--generated must be >= 1, got {generated}")
             try:
-                self._frames = sample_data.generate_sequence(generated, size, seed)
+                self._frames = sample_scene.generate_sequence(generated, size, seed)
             except ValueError as exc:
                 raise PlayError(str(exc)) from None
             self.fps = fps or 30.0
             self.total: int | None = generated
-            self.exact_intrinsics = sample_data.intrinsics(size)
+            self.exact_intrinsics = sample_scene.intrinsics(size)
             self.description = f"{generated} generated frames ({size[0]}x{size[1]}, sample_data seed {seed})"
             return
         self._frames = None
@@ -190,13 +190,13 @@ class FrameFeed:
 
 
 def _read_sequence_json(folder: Path) -> dict | None:
-    from vlm3r_ros.tools import sample_data
+    from vlm3r_ros.media import sample_scene
 
     try:
-        doc = json.loads((folder / sample_data.SEQUENCE_JSON).read_text())
+        doc = json.loads((folder / sample_scene.SEQUENCE_JSON).read_text())
     except (OSError, ValueError):
         return None
-    return doc if isinstance(doc, dict) and doc.get("generator") == "vlm3r_ros.tools.sample_data" else None
+    return doc if isinstance(doc, dict) and doc.get("generator") == sample_scene.SEQUENCE_GENERATOR else None
 
 
 # -------------------------------------------------------------------- messages
