@@ -23,8 +23,8 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
-from vlm3r_ros.ros import FASTDDS_BUILTIN_ENV, FASTDDS_PROFILES_ENV, fastdds_profile_path
 from vlm3r_ros.media import sample_scene
+from vlm3r_ros.ros import FASTDDS_BUILTIN_ENV, FASTDDS_PROFILES_ENV, fastdds_profile_path, image_messages
 from vlm3r_ros.tools import play
 
 pytestmark = pytest.mark.ros
@@ -165,17 +165,17 @@ def test_player_loops_with_source_stamps_reliable(ros_node, frames_dir, spawn_py
 
 def test_player_guesses_camera_info_for_generated_size_mismatch():
     """No DDS: the guessed pinhole model and the topic naming."""
-    fx, fy, cx, cy = play.pinhole_guess(640, 480, 90.0)
+    fx, fy, cx, cy = image_messages.pinhole_guess(640, 480, 90.0)
     assert fx == pytest.approx(320.0) and fy == fx
     assert (cx, cy) == (319.5, 239.5)
-    assert play.camera_info_topic('image_raw') == 'camera_info'
-    assert play.camera_info_topic('/cam/front/image_raw') == '/cam/front/camera_info'
-    assert play.camera_info_topic('~/image') == '~/camera_info'
+    assert image_messages.camera_info_topic('image_raw') == 'camera_info'
+    assert image_messages.camera_info_topic('/cam/front/image_raw') == '/cam/front/camera_info'
+    assert image_messages.camera_info_topic('~/image') == '~/camera_info'
     rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
-    assert np.array_equal(play.encode_pixels(rgb, 'bgr8'), rgb[:, :, ::-1])
-    rgba = play.encode_pixels(rgb, 'bgra8')
+    assert np.array_equal(image_messages.encode_pixels(rgb, 'bgr8'), rgb[:, :, ::-1])
+    rgba = image_messages.encode_pixels(rgb, 'bgra8')
     assert rgba.shape == (2, 3, 4) and (rgba[:, :, 3] == 255).all() and np.array_equal(rgba[:, :, 2::-1], rgb)
-    mono = play.encode_pixels(np.full((1, 1, 3), 200, np.uint8), 'mono8')
+    mono = image_messages.encode_pixels(np.full((1, 1, 3), 200, np.uint8), 'mono8')
     assert mono.shape == (1, 1, 1) and mono[0, 0, 0] == 200
     assert math.isnan(play.PlayStats(published=1).rate_hz)
 

@@ -222,7 +222,7 @@ class LiveSpatialClient:
         """
         from sensor_msgs.msg import Image
 
-        from vlm3r_ros.tools.play import encode_pixels, fill_image
+        from vlm3r_ros.ros.image_messages import encode_pixels, fill_image
 
         stats = StreamStats()
         start = time.monotonic()

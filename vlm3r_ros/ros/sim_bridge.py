@@ -305,8 +305,8 @@ def _make_node_class():
     from std_msgs.msg import String
     from tf2_msgs.msg import TFMessage
 
+    from vlm3r_ros.ros import image_messages
     from vlm3r_ros.ros import sim_messages as sm
-    from vlm3r_ros.tools import play
 
     class SimBridgeNode(Node):
         """Publishes a :class:`~vlm3r_ros.sim.core.Simulation` (see the module docstring)."""
@@ -337,11 +337,11 @@ def _make_node_class():
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL)
             self.image_pub = self.create_publisher(Image, s.image_topic, image_qos)
             self.info_pub = self.create_publisher(
-                CameraInfo, s.camera_info_topic or play.camera_info_topic(s.image_topic), image_qos)
+                CameraInfo, s.camera_info_topic or image_messages.camera_info_topic(s.image_topic), image_qos)
             self.depth_pub = self.depth_info_pub = None
             if s.publish_depth:
                 self.depth_pub = self.create_publisher(Image, s.depth_topic, image_qos)
-                depth_info_topic = play.camera_info_topic(s.depth_topic)
+                depth_info_topic = image_messages.camera_info_topic(s.depth_topic)
                 if self.resolve_topic_name(depth_info_topic) != self.info_pub.topic_name:
                     self.depth_info_pub = self.create_publisher(CameraInfo, depth_info_topic, image_qos)
             self.odom_pub = self.create_publisher(Odometry, s.odom_topic, 10)
@@ -488,7 +488,7 @@ def _make_node_class():
             start_ns = sm.seconds_to_ns(s.start_time)
             image, info = Image(), CameraInfo()
             intr = traj.intrinsics
-            play.fill_camera_info(info, intr.width, intr.height, (intr.fx, intr.fy, intr.cx, intr.cy))
+            image_messages.fill_camera_info(info, intr.width, intr.height, (intr.fx, intr.fy, intr.cx, intr.cy))
             image.header.frame_id = info.header.frame_id = self.frames.optical
             late = passes = 0
             previous = None  # (odom -> base (4, 4), stamp ns) of the last frame, for the twist
@@ -523,7 +523,7 @@ def _make_node_class():
                     self.odom_pub.publish(sm.odometry(odom_base, stamp_ns, self.frames, previous))
                     previous = (odom_base, stamp_ns)
                     image.header.stamp = info.header.stamp = sm.ns_to_stamp(stamp_ns)
-                    play.fill_image(image, frame.rendered.rgb, "rgb8")
+                    image_messages.fill_image(image, frame.rendered.rgb, "rgb8")
                     self.info_pub.publish(info)
                     self._publish_depth(frame.rendered.depth, info, stamp_ns)  # before the image lockstep waits on
                     before = self._consumer_state.frames_received if s.lockstep_state_topic else 0

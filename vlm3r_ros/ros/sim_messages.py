@@ -31,8 +31,8 @@ from nav_msgs.msg import Odometry
 from sensor_msgs.msg import Image
 
 from vlm3r_ros.data.scene_graph import SceneGraph
+from vlm3r_ros.ros.image_messages import fill_image
 from vlm3r_ros.ros.poses import NS_PER_S, header, matrix_to_pose, ns_to_stamp, quaternion_from_matrix
-from vlm3r_ros.tools.play import fill_image
 
 # Columns: the optical frame's axes (x right, y down, z forward) in camera_link (x forward,
 # y left, z up). The rotation every ROS camera driver publishes (quaternion -0.5, 0.5, -0.5, 0.5).

@@ -54,7 +54,6 @@ Ctrl-C (or SIGTERM) stops cleanly; a summary is printed at the end.
 from __future__ import annotations
 
 import argparse
-import array
 import json
 import math
 import signal
@@ -67,16 +66,15 @@ from typing import Iterator
 import numpy as np
 
 from vlm3r_ros.media.frames import FrameSource, MediaError
+from vlm3r_ros.ros.image_messages import (DEFAULT_HFOV_DEG, ENCODINGS, camera_info_topic, encode_pixels,
+                                          fill_camera_info, fill_image, pinhole_guess, stamp_from_seconds)
 
 from .cli import image_size
 
 DEFAULT_TOPIC = "image"  # what vlm3r-node subscribes to by default
 DEFAULT_FRAME_ID = "camera_optical_frame"
-DEFAULT_HFOV_DEG = 60.0
 DEFAULT_GENERATED_SIZE = (640, 480)
 LOOP_CACHE_BYTES = 1 << 30  # with --loop, a folder whose decoded frames fit is decoded once
-ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
-CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "32FC1": 1}  # 32FC1: REP 118 depth
 
 
 class PlayError(Exception):
@@ -197,67 +195,6 @@ def _read_sequence_json(folder: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) and doc.get("generator") == sample_scene.SEQUENCE_GENERATOR else None
-
-
-# -------------------------------------------------------------------- messages
-def encode_pixels(rgb: np.ndarray, encoding: str) -> np.ndarray:
-    """RGB uint8 (H, W, 3) -> contiguous (H, W, C) in ``encoding``."""
-    if encoding == "rgb8":
-        return np.ascontiguousarray(rgb)
-    if encoding == "bgr8":
-        return np.ascontiguousarray(rgb[:, :, ::-1])
-    if encoding in ("rgba8", "bgra8"):
-        colour = rgb if encoding == "rgba8" else rgb[:, :, ::-1]
-        alpha = np.full(rgb.shape[:2] + (1,), 255, dtype=np.uint8)
-        return np.ascontiguousarray(np.concatenate([colour, alpha], axis=2))
-    if encoding == "mono8":  # ITU-R BT.601 luma
-        luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[:, :, None]
-    raise PlayError(f"unsupported encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
-
-
-def fill_image(msg, pixels: np.ndarray, encoding: str) -> None:
-    """Fill a sensor_msgs/Image (all but the header) from (H, W, C) uint8 pixels, or (H, W)
-    little-endian float32 ('<f4') for 32FC1."""
-    height, width = pixels.shape[:2]
-    msg.height = int(height)
-    msg.width = int(width)
-    msg.encoding = encoding
-    msg.is_bigendian = 0
-    msg.step = int(width * CHANNELS[encoding] * pixels.itemsize)
-    msg.data = array.array("B", pixels.tobytes())  # bytes -> array is a copy; a list would be slow
-
-
-def pinhole_guess(width: int, height: int, hfov_deg: float = DEFAULT_HFOV_DEG) -> tuple[float, float, float, float]:
-    """(fx, fy, cx, cy) of a GUESSED pinhole camera: ``hfov_deg`` horizontal field of view,
-    square pixels, principal point at the centre ((w - 1) / 2, (h - 1) / 2)."""
-    fx = 0.5 * width / math.tan(math.radians(hfov_deg) / 2)
-    return fx, fx, (width - 1) / 2, (height - 1) / 2
-
-
-def fill_camera_info(msg, width: int, height: int, intrinsics: tuple[float, float, float, float]) -> None:
-    """Fill a sensor_msgs/CameraInfo (all but the header): plumb_bob with zero distortion."""
-    fx, fy, cx, cy = (float(v) for v in intrinsics)
-    msg.width = int(width)
-    msg.height = int(height)
-    msg.distortion_model = "plumb_bob"
-    msg.d = [0.0, 0.0, 0.0, 0.0, 0.0]
-    msg.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
-    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    msg.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
-
-
-def camera_info_topic(image_topic: str) -> str:
-    """The image_transport convention: the ``camera_info`` sibling of the image topic."""
-    head, sep, _ = image_topic.rpartition("/")
-    return f"{head}{sep}camera_info"
-
-
-def stamp_from_seconds(seconds: float):
-    from builtin_interfaces.msg import Time
-
-    ns = int(round(seconds * 1e9))
-    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
 # ---------------------------------------------------------------------- player
