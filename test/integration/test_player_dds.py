@@ -25,6 +25,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from vlm3r_ros.media import sample_scene
 from vlm3r_ros.ros import FASTDDS_BUILTIN_ENV, FASTDDS_PROFILES_ENV, fastdds_profile_path, image_messages
+from vlm3r_ros.ros.player import PlayStats
 from vlm3r_ros.tools import play
 
 pytestmark = pytest.mark.ros
@@ -177,7 +178,7 @@ def test_player_guesses_camera_info_for_generated_size_mismatch():
     assert rgba.shape == (2, 3, 4) and (rgba[:, :, 3] == 255).all() and np.array_equal(rgba[:, :, 2::-1], rgb)
     mono = image_messages.encode_pixels(np.full((1, 1, 3), 200, np.uint8), 'mono8')
     assert mono.shape == (1, 1, 1) and mono[0, 0, 0] == 200
-    assert math.isnan(play.PlayStats(published=1).rate_hz)
+    assert math.isnan(PlayStats(published=1).rate_hz)
 
 
 @pytest.mark.parametrize('argv, message', [
