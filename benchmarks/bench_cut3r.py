@@ -63,8 +63,7 @@ def run_child(args) -> int:
     import torch
 
     from vlm3r_ros.engine.cut3r_stream import Cut3rStream
-    from vlm3r_ros.models.cut3r import PUBLIC_CONFIGS, Cut3rModel
-    from vlm3r_ros.models.cut3r.tiny import TINY_CONFIGS, init_random_
+    from vlm3r_ros.engine.loading import random_cut3r_model
 
     config_key, mode = args.child
     arch, preprocessing, _ = CONFIGS[config_key]
@@ -74,12 +73,7 @@ def run_child(args) -> int:
     rss_start = _rss_mib()
 
     t0 = time.perf_counter()
-    config = PUBLIC_CONFIGS[arch] if arch in PUBLIC_CONFIGS else TINY_CONFIGS[arch]
-    with torch.device("meta"):  # no default init: init_random_ draws every parameter once
-        model = Cut3rModel(config)
-    model.to_empty(device="cpu")
-    init_random_(model, seed=0)
-    model = model.eval().requires_grad_(False).to(device=device, dtype=dtype)
+    model = random_cut3r_model(arch, seed=0, device=device, dtype=dtype)
     build_seconds = time.perf_counter() - t0
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     rss_loaded = _rss_mib()

@@ -174,19 +174,12 @@ def child_frame(args, config_key: str, images) -> dict:
 
 
 def child_cut3r(args, config_key: str, images) -> dict:
-    import torch
-
     from vlm3r_ros.engine.cut3r_stream import Cut3rStream
-    from vlm3r_ros.models.cut3r import PUBLIC_CONFIGS, Cut3rModel
-    from vlm3r_ros.models.cut3r.tiny import TINY_CONFIGS, init_random_
+    from vlm3r_ros.engine.loading import random_cut3r_model
 
     arch = cut3r_arch(config_key)
     t0 = time.perf_counter()
-    config = PUBLIC_CONFIGS[arch] if arch in PUBLIC_CONFIGS else TINY_CONFIGS[arch]
-    with torch.device("meta"):  # no default init: init_random_ draws every parameter once
-        model = Cut3rModel(config)
-    model.to_empty(device="cpu")
-    model = init_random_(model, seed=0).eval().requires_grad_(False)
+    model = random_cut3r_model(arch, seed=0)
     build_s = time.perf_counter() - t0
     rss_loaded = _rss_mib()
     stream = Cut3rStream(model, preprocessing="vlm3r")

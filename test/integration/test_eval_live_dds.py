@@ -62,15 +62,12 @@ def bench_file(tmp_path_factory):
 @pytest.fixture(scope='module')
 def offline_predictions(bench_file, tmp_path_factory):
     """The in-process pipeline's replies on the same frames: what the node must answer."""
-    import argparse
-
     import torch
 
-    from vlm3r_ros.tools import ask
+    from vlm3r_ros.engine.loading import ModelSource, load_models
 
     torch.set_num_threads(1)  # as config/tiny.yaml's torch_threads
-    args = argparse.Namespace(tiny_random=True, seed=0, base=None, adapter=None, cut3r=None)
-    pipeline = ask.load_models(args, torch.device('cpu'), torch.float32).pipeline
+    pipeline = load_models(ModelSource(tiny_random=True, seed=0), torch.device('cpu'), torch.float32).pipeline
     bench = load_benchmark(bench_file)
     out = tmp_path_factory.mktemp('offline') / 'offline.jsonl'
     result = run(bench, bench.rows, OfflineBackend(pipeline, num_frames=NUM_FRAMES, max_new_tokens=MAX_NEW_TOKENS),

@@ -68,14 +68,11 @@ def bench_file(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def pipeline():
-    import argparse
-
     import torch
 
-    from vlm3r_ros.tools import ask
+    from vlm3r_ros.engine.loading import ModelSource, load_models
 
-    args = argparse.Namespace(tiny_random=True, seed=0, base=None, adapter=None, cut3r=None)
-    return ask.load_models(args, torch.device('cpu'), torch.float32).pipeline
+    return load_models(ModelSource(tiny_random=True, seed=0), torch.device('cpu'), torch.float32).pipeline
 
 
 class Counting:

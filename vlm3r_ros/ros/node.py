@@ -38,6 +38,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+import pathlib
 import re
 import resource
 import threading
@@ -46,6 +47,7 @@ import traceback
 from dataclasses import dataclass, fields
 
 import numpy as np
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Pose
 from nav_msgs.msg import Path
@@ -56,7 +58,10 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
-from vlm3r_ros.engine.spatial_engine import EngineConfig, EngineError
+from vlm3r_ros.engine.devices import resolve_device
+from vlm3r_ros.engine.loading import LoadError, ModelSource, load_models, resolve_dtype
+from vlm3r_ros.engine.spatial_engine import EngineConfig, EngineError, SpatialEngine
+from vlm3r_ros.models.vlm.config import Vlm3rConfigError, parse_config_overrides
 from vlm3r_ros.msg import SpatialState
 from vlm3r_ros.ros import conversions
 from vlm3r_ros.ros.params import ParamSpec
@@ -162,8 +167,6 @@ def check_parameter(name: str, value) -> str | None:
     if name == "device" and not _DEVICE_RE.match(value):
         return f"device must be auto, cpu, cuda or cuda:N; got {value!r}"
     if name == "vlm_config_overrides":
-        from vlm3r_ros.models.vlm.config import Vlm3rConfigError, parse_config_overrides  # no torch
-
         try:
             parse_config_overrides(value)
         except Vlm3rConfigError as exc:
@@ -241,20 +244,10 @@ def executor_threads(max_concurrent_queries: int) -> int:
 
 # ---------------------------------------------------------------------------------- engine
 def _resolve_device(name: str):
-    from vlm3r_ros.engine.devices import resolve_device
-
     try:
         return resolve_device(name)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-
-
-def _resolve_dtype(name: str, device):
-    import torch
-
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
 _WEIGHT_PATHS = {
@@ -266,8 +259,6 @@ _WEIGHT_PATHS = {
 
 def parse_vlm_config_overrides(text: str) -> dict:
     """The ``vlm_config_overrides`` parameter as a dict; ConfigError naming it when it is not valid."""
-    from vlm3r_ros.models.vlm.config import Vlm3rConfigError, parse_config_overrides
-
     try:
         return parse_config_overrides(text)
     except Vlm3rConfigError as exc:
@@ -279,56 +270,34 @@ def build_engine(settings: NodeSettings):
 
     Raises ConfigError with a sentence naming the parameter for anything the user must fix.
     """
-    import torch
-
-    from vlm3r_ros.engine.checkpoint import CheckpointError, build_cut3r, load_cut3r
-    from vlm3r_ros.engine.spatial_engine import SpatialEngine
-    from vlm3r_ros.engine.vlm3r_pipeline import Vlm3rPipeline
-    from vlm3r_ros.models.vlm.tokenizer import TokenizerError, build_qwen2_tokenizer, load_tokenizer
-
     engine_config = settings.engine_config()
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     device = _resolve_device(settings.device)
-    dtype = _resolve_dtype(settings.dtype, device)
+    dtype = resolve_dtype(settings.dtype, device)
+    tokenizer_dir = pathlib.Path(settings.tokenizer_dir) if settings.tokenizer_dir else None
+    if settings.model_source == "tiny_random":
+        source = ModelSource(tiny_random=True, seed=settings.random_seed, tokenizer_dir=tokenizer_dir)
+    else:
+        overrides = parse_vlm_config_overrides(settings.vlm_config_overrides)  # before the slow loads
+        for name in _WEIGHT_PATHS:
+            value = getattr(settings, name)
+            if not value:
+                raise ConfigError(
+                    f"parameter '{name}' is empty: set it to the local path of the {_WEIGHT_PATHS[name]} "
+                    f"(in config/vlm3r.yaml or with -p {name}:=PATH), or set model_source to tiny_random "
+                    f"(config/tiny.yaml) to run on tiny random weights")
+            if not os.path.exists(value):
+                raise ConfigError(f"parameter '{name}' = {value!r}: no such file or folder")
+        source = ModelSource(base=pathlib.Path(settings.vlm_base_dir), adapter=pathlib.Path(settings.vlm_adapter_dir),
+                             cut3r=pathlib.Path(settings.cut3r_weights), tokenizer_dir=tokenizer_dir,
+                             config_overrides=overrides)
     try:
-        if settings.model_source == "tiny_random":
-            from vlm3r_ros.models.cut3r.tiny import random_cut3r
-            from vlm3r_ros.models.vlm.tiny import random_vlm3r
-
-            tokenizer = (load_tokenizer(settings.tokenizer_dir) if settings.tokenizer_dir
-                         else build_qwen2_tokenizer())
-            cut3r_random = random_cut3r("tiny_dpt", seed=settings.random_seed)
-            # The loading path real weights take (float32 heads under half precision).
-            cut3r = build_cut3r(cut3r_random.config, cut3r_random.state_dict(), device=device, dtype=dtype)
-            vlm = random_vlm3r(seed=settings.random_seed).to(device=device).to_dtype(dtype)
-        else:
-            overrides = parse_vlm_config_overrides(settings.vlm_config_overrides)  # before the slow loads
-            for name in _WEIGHT_PATHS:
-                value = getattr(settings, name)
-                if not value:
-                    raise ConfigError(
-                        f"parameter '{name}' is empty: set it to the local path of the {_WEIGHT_PATHS[name]} "
-                        f"(in config/vlm3r.yaml or with -p {name}:=PATH), or set model_source to tiny_random "
-                        f"(config/tiny.yaml) to run on tiny random weights")
-                if not os.path.exists(value):
-                    raise ConfigError(f"parameter '{name}' = {value!r}: no such file or folder")
-            from vlm3r_ros.engine.vlm_checkpoint import load_vlm3r, name_overrides
-
-            tokenizer = load_tokenizer(settings.tokenizer_dir or settings.vlm_base_dir)
-            cut3r = load_cut3r(settings.cut3r_weights, device=device, dtype=dtype)
-            try:
-                vlm, _report = load_vlm3r(settings.vlm_base_dir, settings.vlm_adapter_dir, device=device,
-                                          dtype=dtype, tokenizer_size=tokenizer.get_vocab_size(with_added_tokens=True),
-                                          config_overrides=overrides)
-            except CheckpointError as exc:  # say which parameter carries the overrides
-                raise CheckpointError(name_overrides(str(exc), "parameter 'vlm_config_overrides'")) from None
-        pipeline = Vlm3rPipeline(vlm, cut3r, tokenizer, with_geometry=settings.geometry)
-    except (CheckpointError, TokenizerError, OSError) as exc:
+        loaded = load_models(source, device, dtype, with_geometry=settings.geometry,
+                             overrides_name="parameter 'vlm_config_overrides'")
+    except LoadError as exc:
         raise ConfigError(f"cannot load the weights: {exc}") from None
-    except ValueError as exc:  # mismatched checkpoints, bad configs
-        raise ConfigError(str(exc)) from None
-    return SpatialEngine(pipeline, engine_config)
+    return SpatialEngine(loaded.pipeline, engine_config)
 
 
 # ---------------------------------------------------------------------------------- frames
@@ -575,8 +544,6 @@ class SpatialNode(LifecycleNode):
             device_type = engine.pipeline.cut3r.device.type
             del engine
             if device_type == "cuda":
-                import torch
-
                 torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ input

@@ -51,9 +51,10 @@ from pathlib import Path
 
 import torch
 
-from vlm3r_ros.media.frames import SampledFrames, SampledInput, open_input
+from vlm3r_ros.engine.loading import DTYPES, LoadedModels, dtype_name_for, load_models
 from vlm3r_ros.errors import UserError, one_line
-from vlm3r_ros.tools.run_cut3r import DTYPES, load_model, parse_device
+from vlm3r_ros.media.frames import SampledFrames, SampledInput, open_input
+from vlm3r_ros.tools.model_options import OVERRIDES_HELP, WEIGHTS_HELP, check_weight_args, model_source, parse_device
 
 PROG = "vlm3r-ask"
 ANSWER_TYPES = ("auto", "choice", "number", "text")  # as vlm3r_ros.models.vlm.answers.ANSWER_TYPES
@@ -61,108 +62,6 @@ DEFAULT_NUM_FRAMES = 32  # lmms-eval max_frames_num (Vlm3rPipeline's EVAL_NUM_FR
 DEFAULT_MAX_NEW_TOKENS = 16  # the task YAMLs (EVAL_MAX_NEW_TOKENS)
 TINY_RANDOM_NOTE = ("tiny random weights (CUT3R and VLM) with the real Qwen2 tokenizer: the answer is "
                     "MEANINGLESS; this only tests the pipeline")
-OVERRIDES_HELP = ('VLM-3R config fields over the checkpoint\'s config.json, as a JSON object, e.g. '
-                  '\'{"fusion_num_heads": 16, "vision": {"hidden_size": 1024}}\' ("vision" / "llm" take objects '
-                  'of SigLIP / Qwen2 fields). Only for a model other than the released one: its SigLIP and fusion '
-                  'sizes are not in config.json')
-WEIGHTS_HELP = ("--base is the local LLaVA-Video-7B-Qwen2 folder, --adapter the local VLM-3R LoRA folder "
-                "(Journey9ni/vlm-3r-llava-qwen2-lora), --cut3r the local cut3r_512_dpt_4_64.pth; nothing is "
-                "downloaded. Use --tiny-random to test the pipeline without weights")
-
-
-# ----------------------------------------------------------------------- models
-@dataclass
-class LoadedModels:
-    pipeline: object  # Vlm3rPipeline
-    label: str
-    seconds: float
-    report: object = None  # what load_vlm3r reported, when it ran
-
-
-def load_models(args, device: torch.device, dtype: torch.dtype) -> LoadedModels:
-    """The tokenizer, VLM-3R and CUT3R, as a :class:`Vlm3rPipeline`."""
-    from vlm3r_ros.engine.vlm3r_pipeline import Vlm3rPipeline
-
-    start = time.perf_counter()
-    report = None
-    if args.tiny_random:
-        from vlm3r_ros.models.vlm.tiny import TINY_VLM3R, random_vlm3r
-        from vlm3r_ros.models.vlm.tokenizer import build_qwen2_tokenizer
-
-        tokenizer = _tokenizer_call(build_qwen2_tokenizer)
-        vlm = random_vlm3r(TINY_VLM3R, seed=args.seed).to(device=device).to_dtype(dtype)
-        cut3r = load_model(None, tiny_random=True, device=device, dtype=dtype, seed=args.seed)
-        label = f"tiny-random (seed {args.seed})"
-    else:
-        from vlm3r_ros.engine import checkpoint as cut3r_checkpoint
-        from vlm3r_ros.models.vlm.tokenizer import load_tokenizer
-
-        try:
-            from vlm3r_ros.engine import vlm_checkpoint
-        except ImportError as exc:
-            raise UserError(f"loading a VLM-3R checkpoint needs vlm3r_ros.engine.vlm_checkpoint, which cannot be "
-                            f"imported ({exc}); only --tiny-random works in this installation") from None
-        tokenizer = _tokenizer_call(load_tokenizer, args.base)  # the official loader reads it from the base
-        cut3r = load_model(args.cut3r, device=device, dtype=dtype)  # first: smaller; UserError on checkpoint errors
-        overrides = config_overrides(args)
-        errors = tuple({cut3r_checkpoint.CheckpointError, vlm_checkpoint.CheckpointError})
-        try:
-            vlm, report = vlm_checkpoint.load_vlm3r(args.base, args.adapter, device=device, dtype=dtype,
-                                                    tokenizer_size=tokenizer.get_vocab_size(with_added_tokens=True),
-                                                    config_overrides=overrides)
-        except errors as exc:
-            raise UserError(vlm_load_error(str(exc))) from None
-        except torch.OutOfMemoryError:
-            raise UserError(f"out of memory loading VLM-3R to {device} as {str(dtype).replace('torch.', '')}; "
-                            f"try --dtype float16/bfloat16 or another device") from None
-        label = f"base {args.base}, adapter {args.adapter}, CUT3R {args.cut3r}"
-    try:
-        pipeline = Vlm3rPipeline(vlm, cut3r, tokenizer)
-    except ValueError as exc:  # mismatched CUT3R / VLM widths
-        raise UserError(one_line(str(exc))) from None
-    return LoadedModels(pipeline, label, time.perf_counter() - start, report)
-
-
-def config_overrides(args) -> dict:
-    """``--vlm-config-overrides`` as a dict (UserError when it is not a JSON object of known fields).
-
-    getattr: callers may pass an argparse.Namespace built without the option."""
-    from vlm3r_ros.models.vlm.config import Vlm3rConfigError, parse_config_overrides
-
-    try:
-        return parse_config_overrides(getattr(args, "vlm_config_overrides", None))
-    except Vlm3rConfigError as exc:
-        raise UserError(f"--vlm-config-overrides: {one_line(str(exc))}") from None
-
-
-def vlm_load_error(message: str) -> str:
-    """One line for a VLM checkpoint error, naming --vlm-config-overrides where the loader says config_overrides.
-
-    The loader's key listings are long: when the hint falls outside the shortened line, it is added back."""
-    from vlm3r_ros.engine.vlm_checkpoint import name_overrides
-
-    text = name_overrides(message, "--vlm-config-overrides")
-    line = one_line(text)
-    if "--vlm-config-overrides" in text and "--vlm-config-overrides" not in line:
-        line += " (do config.json and --vlm-config-overrides describe these weights?)"
-    return line
-
-
-def weight_options(args) -> list[str]:
-    """The weight options given, as the user typed them."""
-    names = [f"--{name}" for name in ("base", "adapter", "cut3r") if getattr(args, name, None) is not None]
-    if getattr(args, "vlm_config_overrides", None) is not None:
-        names.append("--vlm-config-overrides")
-    return names
-
-
-def _tokenizer_call(fn, *args):
-    from vlm3r_ros.models.vlm.tokenizer import TokenizerError
-
-    try:
-        return fn(*args)
-    except TokenizerError as exc:
-        raise UserError(one_line(str(exc))) from None
 
 
 def visual_token_count(config, num_frames: int) -> int:
@@ -383,22 +282,7 @@ def check_args(args) -> list[str] | None:
         build_prompt(args.question, args.options)  # the remaining question / option checks
     except PromptError as exc:
         raise UserError(one_line(str(exc))) from None
-    given = weight_options(args)
-    if args.tiny_random:
-        if given:
-            raise UserError(f"--tiny-random replaces --base, --adapter, --cut3r and --vlm-config-overrides; drop "
-                            f"{', '.join(given)}")
-    else:
-        missing = [f"--{name}" for name in ("base", "adapter", "cut3r") if getattr(args, name) is None]
-        if missing:
-            raise UserError(f"missing {', '.join(missing)}: {WEIGHTS_HELP}")
-        for name, kind in (("base", "folder"), ("adapter", "folder"), ("cut3r", "file")):
-            path = getattr(args, name)
-            if not path.exists():
-                raise UserError(f"--{name} not found: {path}; {WEIGHTS_HELP}")
-            if (kind == "folder") != path.is_dir():
-                raise UserError(f"--{name} {path} must be a {kind}")
-        config_overrides(args)  # a typo fails here, before the input is read and the weights load
+    check_weight_args(args, f"; {WEIGHTS_HELP}")
     return args.options
 
 
@@ -408,13 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = check_args(args)
         device = parse_device(args.device)
-        dtype_name = args.dtype or ("float16" if device.type == "cuda" else "float32")
+        dtype_name = dtype_name_for(args.dtype, device)
         if args.threads:
             torch.set_num_threads(args.threads)
         sampled = open_input(args.video, args.frames, args.num_frames)  # input errors before the slow load
         if args.tiny_random:
             print(f"WARNING: --tiny-random: {TINY_RANDOM_NOTE}", file=sys.stderr)
-        loaded = load_models(args, device, DTYPES[dtype_name])
+        loaded = load_models(model_source(args), device, DTYPES[dtype_name])
         if loaded.report is not None and not args.json:
             print(loaded.report.summary(), file=sys.stderr)
         result = ask(args, loaded, sampled, options)

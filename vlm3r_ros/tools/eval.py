@@ -31,14 +31,22 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
+from vlm3r_ros.engine.loading import DTYPES, dtype_name_for, load_models
+from vlm3r_ros.errors import UserError, one_line
+from vlm3r_ros.eval import harness
+from vlm3r_ros.eval.benchmark import BenchmarkError, check_media, load_benchmark, select_rows
+from vlm3r_ros.eval.harness import HarnessError, OfflineBackend
+from vlm3r_ros.eval.metrics import ScoringError
+from vlm3r_ros.tools.ask import DEFAULT_MAX_NEW_TOKENS, DEFAULT_NUM_FRAMES
+from vlm3r_ros.tools.model_options import OVERRIDES_HELP, check_weight_args, model_source, parse_device, weight_options
+
 PROG = "vlm3r-eval"
 EXIT_OK, EXIT_USAGE, EXIT_FAILED_ROWS, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vlm3r_ros.tools.ask import DEFAULT_MAX_NEW_TOKENS, DEFAULT_NUM_FRAMES, OVERRIDES_HELP
-    from vlm3r_ros.tools.run_cut3r import DTYPES
-
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("benchmark_file", type=Path, help="benchmark rows: .jsonl, .json or .parquet (docs/eval.md)")
     p.add_argument("--output", "-o", type=Path, required=True, help="results file (JSONL); resumed when it exists")
@@ -93,9 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
-    from vlm3r_ros.tools.ask import WEIGHTS_HELP, config_overrides, weight_options
-    from vlm3r_ros.errors import UserError
-
     for name in ("num_frames", "max_new_tokens", "limit", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -109,35 +114,15 @@ def check_args(args) -> None:
             if not getattr(args, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be > 0")
         return
-    if args.tiny_random:
-        if weights:
-            raise UserError(f"--tiny-random replaces --base, --adapter, --cut3r and --vlm-config-overrides; drop "
-                            f"{', '.join(weights)}")
-        return
-    missing = [f"--{n}" for n in ("base", "adapter", "cut3r") if getattr(args, n) is None]
-    if missing:
-        raise UserError(f"missing {', '.join(missing)}: {WEIGHTS_HELP}")
-    for name, kind in (("base", "folder"), ("adapter", "folder"), ("cut3r", "file")):
-        path = getattr(args, name)
-        if not path.exists():
-            raise UserError(f"--{name} not found: {path}")
-        if (kind == "folder") != path.is_dir():
-            raise UserError(f"--{name} {path} must be a {kind}")
-    config_overrides(args)  # a typo fails before the benchmark runs
+    check_weight_args(args)  # a typo in the overrides fails before the benchmark runs
 
 
 def make_offline_backend(args):
-    import torch
-
-    from vlm3r_ros.eval.harness import OfflineBackend
-    from vlm3r_ros.tools import ask
-    from vlm3r_ros.tools.run_cut3r import DTYPES, parse_device
-
     device = parse_device(args.device)
-    dtype_name = args.dtype or ("float16" if device.type == "cuda" else "float32")
+    dtype_name = dtype_name_for(args.dtype, device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = ask.load_models(args, device, DTYPES[dtype_name])
+    loaded = load_models(model_source(args), device, DTYPES[dtype_name])
     if loaded.report is not None:
         print(loaded.report.summary(), file=sys.stderr)
     print(f"{PROG}: models: {loaded.label} on {device} ({dtype_name}), loaded in {loaded.seconds:.1f} s",
@@ -147,8 +132,8 @@ def make_offline_backend(args):
 
 
 def make_live_backend(args):
+    # rclpy only for --backend live (live_client applies the Fast DDS setting before importing it)
     from vlm3r_ros.eval.live_client import LiveBackend, LiveError, LiveSpatialClient
-    from vlm3r_ros.errors import UserError
 
     client = LiveSpatialClient(namespace=args.namespace, node_name=args.node_name, image_topic=args.image_topic,
                                query_service=args.query_service)
@@ -163,11 +148,6 @@ def make_live_backend(args):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from vlm3r_ros.eval import harness
-    from vlm3r_ros.eval.benchmark import BenchmarkError, check_media, load_benchmark, select_rows
-    from vlm3r_ros.eval.metrics import ScoringError
-    from vlm3r_ros.errors import UserError, one_line
-
     backend = None
     try:
         check_args(args)
@@ -212,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_matplotlib() -> None:
-    from vlm3r_ros.eval.harness import HarnessError
-
     try:
         import matplotlib  # noqa: F401 - only whether it imports
     except ImportError:

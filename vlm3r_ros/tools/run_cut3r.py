@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import statistics
 import sys
 import time
@@ -40,68 +39,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlm3r_ros.errors import UserError, one_line
+from vlm3r_ros.engine.loading import DTYPES, load_cut3r_model
+from vlm3r_ros.errors import UserError
 from vlm3r_ros.media.frames import FrameSource
 from vlm3r_ros.media.writers import PointSampler, write_ply, write_tum
+from vlm3r_ros.tools.model_options import parse_device
 
 DEFAULT_MIN_CONF = 1.5
 DEFAULT_POINT_STRIDE = 4
 DEFAULT_MAX_POINTS = 2_000_000
 TINY_RANDOM_NOTE = "tiny random weights: meaningless outputs, for testing the pipeline"
-CHECKPOINT_HELP = ("the published CUT3R checkpoints (cut3r_512_dpt_4_64.pth, cut3r_224_linear_4.pth) are linked "
-                   "from https://github.com/CUT3R/CUT3R; download one and pass its local path with --weights, "
-                   "or use --tiny-random to test the pipeline")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-# ----------------------------------------------------------------------- model
-def parse_device(text: str) -> torch.device:
-    """'cpu', 'cuda' or 'cuda:N' -> a usable torch.device (UserError if it is not usable here)."""
-    from vlm3r_ros.engine.devices import resolve_device
-
-    if text == "auto":
-        raise UserError("--device must be cpu, cuda or cuda:N, got 'auto'")
-    try:
-        return resolve_device(text)
-    except ValueError as exc:
-        raise UserError(f"--{exc}") from None
-
-
-def load_model(weights: Path | None, *, tiny_random: bool = False, config_name: str | None = None,
-               device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
-    """The CUT3R model to run: a checkpoint file, or tiny random weights (``tiny_random``)."""
-    from vlm3r_ros.engine.checkpoint import CheckpointError, build_cut3r, read_cut3r_checkpoint
-    from vlm3r_ros.models.cut3r.config import PUBLIC_CONFIGS
-
-    if tiny_random:
-        from vlm3r_ros.models.cut3r.tiny import random_cut3r
-
-        return random_cut3r("tiny_dpt", seed).to(device=device, dtype=dtype)
-    if weights is None:
-        raise UserError(f"give --weights PATH or --tiny-random; {CHECKPOINT_HELP}")
-    if not weights.is_file():
-        raise UserError(f"CUT3R weights not found: {weights}; {CHECKPOINT_HELP}")
-    config = None
-    if config_name is not None:
-        if config_name not in PUBLIC_CONFIGS:
-            raise UserError(f"--config must be one of {sorted(PUBLIC_CONFIGS)}, got {config_name!r}")
-        config = PUBLIC_CONFIGS[config_name]
-    try:  # load_cut3r in two steps, so that a read error and a build error read differently
-        config, state_dict = read_cut3r_checkpoint(weights, config)
-    except CheckpointError as exc:
-        raise UserError(one_line(str(exc))) from None
-    except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
-        # checkpoint.py lets the legacy (non-zip) fallback's unpickling errors through
-        raise UserError(f"{weights}: not a readable torch checkpoint ({one_line(str(exc))})") from None
-    except OSError as exc:
-        raise UserError(f"cannot read CUT3R weights {weights}: {exc.strerror or exc}") from None
-    try:
-        return build_cut3r(config, state_dict, device=device, dtype=dtype)
-    except CheckpointError as exc:
-        raise UserError(f"{weights}: {one_line(str(exc))}") from None
-    except torch.OutOfMemoryError:
-        raise UserError(f"out of memory loading {weights} to {device} as {dtype}; "
-                        f"try --dtype float16/bfloat16 or another device") from None
 
 
 def default_preprocessing(model, tiny_random: bool) -> str:
@@ -305,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         source = FrameSource(args.input, fps=args.fps)  # input errors before the (slow) model load
         start = time.perf_counter()
         try:
-            model = load_model(args.weights, tiny_random=args.tiny_random, config_name=args.config,
-                               device=device, dtype=DTYPES[args.dtype], seed=args.seed)
+            model = load_cut3r_model(args.weights, tiny_random=args.tiny_random, config_name=args.config,
+                                     device=device, dtype=DTYPES[args.dtype], seed=args.seed)
         except BaseException:
             source.close()  # stops ffmpeg
             raise
