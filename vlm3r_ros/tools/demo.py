@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 from vlm3r_ros.errors import UserError
+from vlm3r_ros.media import sample_scene
 from vlm3r_ros.media.frames import FrameSource
 
 BANNER = "=" * 78
@@ -75,8 +76,6 @@ class DemoError(Exception):
 
 # ------------------------------------------------------------------ argument handling
 def build_parser() -> argparse.ArgumentParser:
-    from vlm3r_ros.media import sample_scene
-
     parser = argparse.ArgumentParser(prog="python -m vlm3r_ros.tools.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params-file", type=Path, default=None,
@@ -225,8 +224,6 @@ def isolate_ros_environment(env) -> str:
 
 # ------------------------------------------------------------------ the node demo
 def node_demo(args) -> int:
-    from vlm3r_ros.media import sample_scene
-
     frames = DEFAULT_FRAMES if args.frames is None else args.frames
     min_frames = frames if args.min_frames is None else args.min_frames
     if frames < 2 or not (math.isfinite(args.rate) and args.rate > 0) or min_frames < 1:
@@ -462,11 +459,12 @@ class DemoClient:
 # ------------------------------------------------------------------ the CUT3R-only demo
 def cut3r_only(args) -> int:
     """CUT3R with tiny random weights over the rendered frames, into OUT/cut3r/."""
-    from vlm3r_ros.engine.checkpoint import load_cut3r, save_cut3r_safetensors
+    # torch and the models only here: the node demo's own process never loads them
+    from vlm3r_ros.engine.checkpoint import save_cut3r_safetensors
+    from vlm3r_ros.engine.cut3r_run import TINY_RANDOM_NOTE, RunOptions, run_pipeline
     from vlm3r_ros.engine.cut3r_stream import Cut3rStream
+    from vlm3r_ros.engine.loading import load_cut3r_model
     from vlm3r_ros.models.cut3r.tiny import random_cut3r
-    from vlm3r_ros.media import sample_scene
-    from vlm3r_ros.tools import run_cut3r
 
     out = args.out or DEFAULT_WORK_DIR
     n_frames = sample_scene.DEFAULT_FRAMES if args.frames is None else args.frames
@@ -496,17 +494,17 @@ def cut3r_only(args) -> int:
     weights = out / "cut3r_tiny_random.safetensors"
     random_model = random_cut3r("tiny_dpt", seed=0)
     save_cut3r_safetensors(random_model.config, random_model.state_dict(), weights, source="tiny random (demo)")
-    model = load_cut3r(weights)
+    model = load_cut3r_model(weights)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[2/3] tiny random CUT3R ({model.config.head_type} head, {n_params / 1e6:.2f} M parameters) saved to "
           f"{weights} and loaded back with load_cut3r")
 
     stream = Cut3rStream(model, preprocessing="vlm3r")
     source = FrameSource(frames_dir)
-    label = f"{weights} ({run_cut3r.TINY_RANDOM_NOTE})"
+    label = f"{weights} ({TINY_RANDOM_NOTE})"
     try:
-        result = run_cut3r.run_pipeline(stream, source, out / "cut3r",
-                                        run_cut3r.RunOptions(progress=not args.no_progress), weights_label=label)
+        result = run_pipeline(stream, source, out / "cut3r", RunOptions(progress=not args.no_progress),
+                              weights_label=label)
     except UserError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
