@@ -45,15 +45,16 @@ import json
 import math
 import statistics
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from vlm3r_ros.engine.loading import DTYPES, LoadedModels, dtype_name_for, load_models
+from vlm3r_ros.engine.offline_ask import AskResult, ask_sampled
 from vlm3r_ros.errors import UserError, one_line
-from vlm3r_ros.media.frames import SampledFrames, SampledInput, open_input
+from vlm3r_ros.media.frames import open_input
+from vlm3r_ros.models.vlm.prompting import PromptError, build_prompt
 from vlm3r_ros.tools.model_options import OVERRIDES_HELP, WEIGHTS_HELP, check_weight_args, model_source, parse_device
 
 PROG = "vlm3r-ask"
@@ -62,104 +63,6 @@ DEFAULT_NUM_FRAMES = 32  # lmms-eval max_frames_num (Vlm3rPipeline's EVAL_NUM_FR
 DEFAULT_MAX_NEW_TOKENS = 16  # the task YAMLs (EVAL_MAX_NEW_TOKENS)
 TINY_RANDOM_NOTE = ("tiny random weights (CUT3R and VLM) with the real Qwen2 tokenizer: the answer is "
                     "MEANINGLESS; this only tests the pipeline")
-
-
-def visual_token_count(config, num_frames: int) -> int:
-    """Visual tokens ``num_frames`` pooled frames put into the prompt (210 per frame for bilinear + grid)."""
-    return num_frames * config.tokens_per_frame + (1 if config.newline_mode == "one_token" else 0)
-
-
-def check_context(config, frames: int, text_tokens: int, max_new_tokens: int) -> None:
-    """UserError when the prompt plus the answer would not fit the model's context (before any frame is ingested)."""
-    visual = visual_token_count(config, frames)
-    need = text_tokens + visual + max_new_tokens
-    if need > config.max_context_tokens:
-        fit = (config.max_context_tokens - text_tokens - max_new_tokens) // config.tokens_per_frame
-        raise UserError(f"{frames} frames x {config.tokens_per_frame} visual tokens + {text_tokens} text tokens + "
-                        f"{max_new_tokens} new tokens = {need} exceed the model's {config.max_context_tokens}-token "
-                        f"context; use --num-frames {max(fit, 0)} or fewer")
-
-
-# ---------------------------------------------------------------------- running
-@dataclass
-class AskResult:
-    answer: object  # Vlm3rAnswer
-    sampled: SampledInput
-    frame_indices: list[int]  # source indices of the frames actually used
-    skipped: list[str] = field(default_factory=list)
-    ingest_seconds: list[float] = field(default_factory=list)
-    read_seconds: float = 0.0  # reading / decoding the sampled frames (plus counting a video)
-    text_tokens: int = 0
-
-
-def ingest(pipeline, sampled: SampledInput, bar) -> tuple[list, list[int], list[str], float, int]:
-    """One CUT3R stream over the sampled frames -> (features, used indices, skipped names, read s, frames seen)."""
-    from vlm3r_ros.models.cut3r import Cut3rInputError
-    from vlm3r_ros.models.cut3r.processing import ImageFormatError
-
-    stream = pipeline.new_stream()
-    features, used, skipped, read_seconds = [], [], [], 0.0
-    reader = SampledFrames(sampled)
-    tick = time.perf_counter()
-    for frame in reader:
-        read_seconds += time.perf_counter() - tick
-        if frame.image is None:
-            skipped.append(frame.name)
-            bar.write(f"warning: skipping unreadable {frame.name}: {frame.error}", file=sys.stderr)
-        else:
-            try:
-                features.append(pipeline.ingest(frame.image, stream))
-                used.append(frame.index)
-            except (ImageFormatError, Cut3rInputError) as exc:
-                skipped.append(frame.name)
-                bar.write(f"warning: skipping {frame.name}: {one_line(str(exc))}", file=sys.stderr)
-        bar.update(1)
-        tick = time.perf_counter()
-    return features, used, skipped, read_seconds, reader.frames_seen
-
-
-def ask(args, loaded: LoadedModels, sampled: SampledInput, options: list[str] | None) -> AskResult:
-    """Ingest the sampled frames, then answer (the steps of the module docstring)."""
-    from tqdm import tqdm
-
-    from vlm3r_ros.models.vlm.modeling_vlm3r import Vlm3rInputError
-    from vlm3r_ros.models.vlm.prompting import PromptError, build_prompt, tokenize_with_image
-
-    pipeline = loaded.pipeline
-    try:
-        text_ids = tokenize_with_image(build_prompt(args.question, options), pipeline.tokenizer)
-    except PromptError as exc:
-        raise UserError(one_line(str(exc))) from None
-    text_tokens = sum(1 for i in text_ids if i >= 0)
-    check_context(pipeline.vlm.config, len(sampled.indices), text_tokens, args.max_new_tokens)
-
-    bar = tqdm(total=len(sampled.indices), unit="frame", desc="ingest", file=sys.stderr,
-               disable=not args.progress)
-    try:
-        features, used, skipped, read_seconds, seen = ingest(pipeline, sampled, bar)
-        if sampled.ended_early(seen):
-            bar.write(f"warning: video {sampled.source.path} ended after {seen} of the {sampled.total} frames "
-                      f"counted; sampling again over {seen} frames", file=sys.stderr)
-            if seen == 0:
-                raise UserError(f"no frame of video {sampled.source.path} could be decoded")
-            sampled.resample(seen, args.num_frames)
-            bar.reset(total=len(sampled.indices))
-            features, used, skipped, more_seconds, _ = ingest(pipeline, sampled, bar)
-            read_seconds += more_seconds
-        if not features:
-            raise UserError(f"no sampled frame of {sampled.source.path} could be read ({len(skipped)} skipped)")
-        bar.set_description("generating")
-        bar.refresh()
-        try:
-            answer = pipeline.answer(features, args.question, options, answer_type=args.answer_type,
-                                     max_new_tokens=args.max_new_tokens)
-        except (Vlm3rInputError, PromptError) as exc:
-            raise UserError(one_line(str(exc))) from None
-    finally:
-        bar.close()
-        sampled.source.close()
-    return AskResult(answer, sampled, used, skipped, [f.ingest_seconds for f in features],
-                     read_seconds + sampled.count_seconds, text_tokens)
 
 
 # ---------------------------------------------------------------------- output
@@ -265,8 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args) -> list[str] | None:
     """User errors that need no file and no model; returns the options (None for an open question)."""
-    from vlm3r_ros.models.vlm.prompting import PromptError, build_prompt
-
     for name in ("num_frames", "max_new_tokens", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -301,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         loaded = load_models(model_source(args), device, DTYPES[dtype_name])
         if loaded.report is not None and not args.json:
             print(loaded.report.summary(), file=sys.stderr)
-        result = ask(args, loaded, sampled, options)
+        result = ask_sampled(loaded.pipeline, sampled, args.question, options, answer_type=args.answer_type,
+                             max_new_tokens=args.max_new_tokens, num_frames=args.num_frames, progress=args.progress)
     except UserError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
