@@ -42,8 +42,6 @@ import argparse
 import json
 import math
 import os
-import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -51,6 +49,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from vlm3r_ros.media import sample_scene
+from vlm3r_ros.ros.launching import Child, child_environment, console_script, read_node_params
 
 REPO = Path(__file__).resolve().parents[1]
 POSE_TYPE = "geometry_msgs/msg/PoseStamped"
@@ -76,66 +77,9 @@ def fmt_ms(values) -> str:
             f"p99 {pct(values, 99) * 1e3:7.1f} ms (n={len(values)})")
 
 
-def console_script(name: str, module: str) -> list[str]:
-    script = Path(sys.executable).parent / name
-    return [str(script)] if script.is_file() else [sys.executable, "-m", module]
-
-
-def die_with_parent() -> None:
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-class Child:
-    def __init__(self, name, argv, log_path, env):
-        self.name = name
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True, preexec_fn=die_with_parent)
-
-    def running(self):
-        return self.proc.poll() is None
-
-    def tail(self, n=30):
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except FileNotFoundError:
-            return ""
-
-    def stop(self, timeout=15.0):
-        if self.running():
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return self.proc.wait()
-
-
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def read_params(path: Path) -> dict:
-    import yaml
-
-    doc = yaml.safe_load(path.read_text()) or {}
-    params = {}
-    for key in sorted(doc, key=lambda k: k != "/**"):
-        section = doc[key]
-        if isinstance(section, dict) and isinstance(section.get("ros__parameters"), dict):
-            params.update(section["ros__parameters"])
-    return params
 
 
 # ------------------------------------------------------------------ engine step alone
@@ -301,7 +245,7 @@ def play(args, env, frames_dir, rate, count, log_dir, image_topic, name, loop_fo
 
 def published_count(player: Child) -> int | None:
     """From the player's summary line ``vlm3r-play: done: N frames in ...``."""
-    for line in reversed(player.tail(5).splitlines()):
+    for line in reversed(player.tail(5, indent="").splitlines()):
         words = line.split()
         if len(words) > 3 and words[0] == "vlm3r-play:" and words[1] in ("done:", "stopped:") and words[3] == "frames":
             return int(words[2])
@@ -318,7 +262,7 @@ def rate_phase(args, env, probe, node, frames_dir, rate, log_dir, image_topic, r
         player.proc.wait(timeout=count / rate + 60)
     except subprocess.TimeoutExpired:
         pass
-    player.stop()
+    player.stop(timeout=15.0)
     time.sleep(1.5)  # the last frame's outputs
     d = delta(before, counters(probe.state()))
     published = published_count(player)
@@ -364,7 +308,7 @@ def query_phase(args, env, probe, node, frames_dir, log_dir, image_topic, result
             else:
                 errors.append(response.error)
     finally:
-        player.stop()
+        player.stop(timeout=15.0)
     print(f"\n== {args.queries} questions while the camera runs at {rate:g} Hz "
           f"(default max_frames and max_new_tokens of the params file)")
     print(f"   in the node: {fmt_ms(inside)}")
@@ -400,7 +344,7 @@ def memory_phase(args, env, probe, node, frames_dir, log_dir, image_topic, resul
             if done >= args.frames:
                 break
     finally:
-        player.stop()
+        player.stop(timeout=15.0)
     rss = [r for _, r, _ in samples]
     second_half = [(f, r) for f, r, _ in samples if f >= args.frames / 2]
     slope = math.nan
@@ -437,14 +381,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
-    from vlm3r_ros.ros import apply_transport_setting
-    from vlm3r_ros.media import sample_scene
-
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 101)))
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    transport = apply_transport_setting()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    params = read_params(args.params_file)
+    env, _, transport = child_environment()
+    params = read_node_params(args.params_file)
     image_topic = str(params.get("image_topic") or "image")
     width, height = (int(v) for v in args.size.lower().split("x"))
     results = dict(params_file=str(args.params_file), size=[width, height], rates=args.rates, transport=transport,
@@ -498,7 +436,7 @@ def main(argv=None) -> int:
         finally:
             if probe is not None:
                 probe.close()
-            code = node.stop()
+            code, _ = node.stop(timeout=15.0)
             print(f"\nnode exit status {code}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")

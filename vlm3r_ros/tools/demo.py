@@ -35,17 +35,23 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import random
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from vlm3r_ros.engine.checkpoint import save_cut3r_safetensors
+from vlm3r_ros.engine.cut3r_run import TINY_RANDOM_NOTE, RunOptions, run_pipeline
+from vlm3r_ros.engine.cut3r_stream import Cut3rStream
+from vlm3r_ros.engine.loading import load_cut3r_model
 from vlm3r_ros.errors import UserError
 from vlm3r_ros.media import sample_scene
 from vlm3r_ros.media.frames import FrameSource
+from vlm3r_ros.models.cut3r.tiny import random_cut3r
+from vlm3r_ros.ros import config_dir
+from vlm3r_ros.ros.demo_client import DemoClient, DemoError
+from vlm3r_ros.ros.launching import (Child, ParamsFileError, child_environment, console_script, read_node_params,
+                                     weights_description)
+from vlm3r_ros.ros.node import PARAMETERS
 
 BANNER = "=" * 78
 REAL_WEIGHTS_HINT = "vlm3r-cut3r --weights /path/cut3r_512_dpt_4_64.pth --input VIDEO --out DIR"
@@ -55,9 +61,6 @@ DEFAULT_RATE_HZ = 10.0
 NODE_START_TIMEOUT_S = 180.0
 FRAMES_TIMEOUT_S = 90.0
 QUERY_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 10.0
-STATE_TYPE = "vlm3r_ros/msg/SpatialState"
-IMAGE_TYPE = "sensor_msgs/msg/Image"
 
 # The questions: one of each answer type of /spatial_query.
 QUESTIONS = [
@@ -68,10 +71,6 @@ QUESTIONS = [
          answer_type="number", kind="number"),
     dict(question="What colour is the tallest box?", options=[], answer_type="text", kind="text"),
 ]
-
-
-class DemoError(Exception):
-    """Printed as one line; exit status 1 (2 for bad arguments)."""
 
 
 # ------------------------------------------------------------------ argument handling
@@ -102,126 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     return node_demo(args)
 
 
-# ------------------------------------------------------------------ child processes
-class Child:
-    """A process started by the demo: own process group, output in a log file, always stopped."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str]):
-        self.name = name
-        self.argv = argv
-        self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True, preexec_fn=_die_with_parent)
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def tail(self, lines: int = 25) -> str:
-        return "\n".join("    " + line for line in self.output().splitlines()[-lines:])
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> tuple[int, bool]:
-        """SIGINT, wait; then SIGKILL the whole group. Returns (exit code, stopped cleanly)."""
-        clean = True
-        if self.running():
-            try:
-                self.proc.send_signal(signal.SIGINT)
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                clean = False
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # anything it started, and itself if still there
-        except (ProcessLookupError, PermissionError):
-            pass
-        code = self.proc.wait()
-        return code, clean and code in (0, -signal.SIGINT, 130)
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL when the demo dies (Linux), even by SIGKILL."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def console_script(name: str, module: str) -> list[str]:
-    """``[bin/name]`` next to this interpreter if installed, else ``[python, -m, module]``."""
-    script = Path(sys.executable).parent / name
-    return [str(script)] if script.is_file() else [sys.executable, "-m", module]
-
-
-# ------------------------------------------------------------------ params
-def repo_config_dir() -> Path:
-    try:
-        from vlm3r_ros.ros import config_dir
-
-        return config_dir()
-    except ImportError:
-        return Path(__file__).resolve().parents[2] / "config"
-
-
-def read_node_params(path: Path) -> dict:
-    """The ros__parameters of a params file, merged over all its node keys (``/**`` first)."""
-    import yaml
-
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise DemoError(f"cannot read params file {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise DemoError(f"params file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(doc, dict):
-        raise DemoError(f"params file {path}: expected `NODE: ros__parameters: ...` mappings")
-    params: dict = {}
-    for key in sorted(doc, key=lambda k: k != "/**"):
-        section = doc[key]
-        if isinstance(section, dict) and isinstance(section.get("ros__parameters"), dict):
-            params.update(section["ros__parameters"])
-    if not params:
-        raise DemoError(f"params file {path} holds no ros__parameters")
-    return params
-
-
-def node_defaults() -> dict:
-    """The node's declared parameter defaults (vlm3r_ros.ros.node.PARAMETERS)."""
-    from vlm3r_ros.ros.node import PARAMETERS
-
-    return {p.name: p.default for p in PARAMETERS}
-
-
-def weights_description(params: dict) -> tuple[bool, str]:
-    """(random, sentence) from the node parameters (``model_source`` and the weight paths)."""
-    if params.get("model_source") == "tiny_random":
-        return True, "TINY RANDOM WEIGHTS (model_source: tiny_random): every answer below is MEANINGLESS"
-    paths = {k: params.get(k) for k in ("cut3r_weights", "vlm_base_dir", "vlm_adapter_dir")}
-    return False, "weights: " + ", ".join(f"{k}={v or '(not set)'}" for k, v in paths.items())
-
-
-def isolate_ros_environment(env) -> str:
-    """A private ROS domain on this host unless the user chose one."""
-    if not env.get("ROS_DOMAIN_ID"):
-        env["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(1, 101))
-        chosen = "picked at random"
-    else:
-        chosen = "from your environment"
-    if not env.get("ROS_AUTOMATIC_DISCOVERY_RANGE") and not env.get("ROS_LOCALHOST_ONLY"):
-        env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    return (f"ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} ({chosen}), "
-            f"discovery {env.get('ROS_AUTOMATIC_DISCOVERY_RANGE') or 'ROS_LOCALHOST_ONLY'}")
-
-
 # ------------------------------------------------------------------ the node demo
 def node_demo(args) -> int:
     frames = DEFAULT_FRAMES if args.frames is None else args.frames
@@ -229,13 +108,13 @@ def node_demo(args) -> int:
     if frames < 2 or not (math.isfinite(args.rate) and args.rate > 0) or min_frames < 1:
         print("demo: error: --frames must be >= 2, --rate > 0 and --min-frames >= 1", file=sys.stderr)
         return 2
-    params_file = args.params_file or (repo_config_dir() / "tiny.yaml")
+    params_file = args.params_file or (config_dir() / "tiny.yaml")
     try:
         params = read_node_params(params_file)
-    except DemoError as exc:
+    except ParamsFileError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
-    params = {**node_defaults(), **params}
+    params = {**{p.name: p.default for p in PARAMETERS}, **params}  # the node's declared defaults
     is_random, weights_line = weights_description(params)
     image_topic = str(params["image_topic"])
 
@@ -247,18 +126,7 @@ def node_demo(args) -> int:
               "--params-file config/vlm3r.yaml with real weight paths.")
     print(BANNER)
 
-    env = dict(os.environ)
-    ros_line = isolate_ros_environment(env)
-    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE"):
-        if key in env:
-            os.environ[key] = env[key]  # for this process's own participant too
-    env["PYTHONUNBUFFERED"] = "1"
-    from vlm3r_ros.ros import apply_transport_setting
-
-    apply_transport_setting()  # the node's Fast DDS setting: this process and (via env) the children
-    for key in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS"):
-        if key in os.environ:
-            env[key] = os.environ[key]
+    env, ros_line, _ = child_environment()  # the node's Fast DDS setting: this process and the children
 
     frames_dir = args.work_dir / "frames"
     start = time.monotonic()
@@ -379,93 +247,9 @@ def print_state_summary(state, player: Child) -> None:
         print(f"Camera: {lines[-1][len('vlm3r-play: '):]}")
 
 
-class DemoClient:
-    """This process's ROS side: the /spatial_query client and a ~/state subscription."""
-
-    def __init__(self):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
-        from vlm3r_ros.srv import SpatialQuery
-
-        self._rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(args=None, context=self.context)
-        self.node = rclpy.create_node("vlm3r_demo", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.client = self.node.create_client(SpatialQuery, "/spatial_query")
-        self.states: list = []
-        self.state_topic = ""
-
-    def spin_until(self, done, timeout_s: float, children: list[Child], what: str):
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            for child in children:
-                if not child.running():
-                    raise DemoError(f"{child.name} exited with status {child.proc.returncode} while {what}")
-            if time.monotonic() > deadline:
-                raise DemoError(f"timed out after {timeout_s:g} s {what}")
-            self.executor.spin_once(timeout_sec=0.05)
-
-    def wait_for_node(self, node: Child, timeout_s: float) -> None:
-        self.spin_until(self.client.service_is_ready, timeout_s, [node], "waiting for /spatial_query")
-        self.spin_until(self._find_state_topic, 30.0, [node], "looking for the node's SpatialState topic")
-
-    def _find_state_topic(self) -> bool:
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-
-        from vlm3r_ros.msg import SpatialState
-
-        topics = [name for name, types in self.node.get_topic_names_and_types() if STATE_TYPE in types]
-        if not topics:
-            return False
-        self.state_topic = sorted(topics, key=lambda t: (not t.endswith("/state"), t))[0]
-        # Best effort matches both reliable and best-effort publishers.
-        self.node.create_subscription(SpatialState, self.state_topic, self.states.append,
-                                      QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
-        return True
-
-    def wait_for_frames(self, count: int, timeout_s: float, children: list[Child]):
-        self.spin_until(lambda: self.states and self.states[-1].frames_processed >= count, timeout_s, children,
-                        f"waiting for the node to process {count} frames")
-        return self.states[-1]
-
-    def ask(self, q: dict, timeout_s: float, children: list[Child]):
-        from vlm3r_ros.srv import SpatialQuery
-
-        request = SpatialQuery.Request(question=q["question"], options=list(q["options"]),
-                                       answer_type=q["answer_type"])
-        start = time.monotonic()
-        future = self.client.call_async(request)
-        self.spin_until(future.done, timeout_s, children, f"waiting for the answer to {q['question']!r}")
-        return future.result(), time.monotonic() - start
-
-    def latest_state(self, wait_s: float):
-        end = time.monotonic() + wait_s
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.05)
-        return self.states[-1] if self.states else None
-
-    def close(self) -> None:
-        if self.context is None:
-            return
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self._rclpy.try_shutdown(context=self.context)
-        self.context = None
-
-
 # ------------------------------------------------------------------ the CUT3R-only demo
 def cut3r_only(args) -> int:
     """CUT3R with tiny random weights over the rendered frames, into OUT/cut3r/."""
-    # torch and the models only here: the node demo's own process never loads them
-    from vlm3r_ros.engine.checkpoint import save_cut3r_safetensors
-    from vlm3r_ros.engine.cut3r_run import TINY_RANDOM_NOTE, RunOptions, run_pipeline
-    from vlm3r_ros.engine.cut3r_stream import Cut3rStream
-    from vlm3r_ros.engine.loading import load_cut3r_model
-    from vlm3r_ros.models.cut3r.tiny import random_cut3r
-
     out = args.out or DEFAULT_WORK_DIR
     n_frames = sample_scene.DEFAULT_FRAMES if args.frames is None else args.frames
     if n_frames < 1:

@@ -34,10 +34,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
+
+from vlm3r_ros.data.qa.registry import get_spec
+from vlm3r_ros.eval import harness
+from vlm3r_ros.eval.benchmark import load_benchmark
+from vlm3r_ros.eval.live_client import LiveBackend, LiveError, LiveSpatialClient
+from vlm3r_ros.ros import config_dir
+from vlm3r_ros.ros.launching import (Child, ParamsFileError, child_environment, console_script, read_node_params,
+                                     weights_description)
+from vlm3r_ros.ros.sim_bridge import SCENE_GRAPH_FILE
+from vlm3r_ros.ros.sim_messages import scene_graph_from_payload
+from vlm3r_ros.tools import gen_qa
 
 from .cli import image_size
 
@@ -107,8 +117,6 @@ def check_args(args) -> None:
 # ------------------------------------------------------------------ steps
 def bridge_argv(args, params_file: Path, sim_dir: Path, image_topic: str, node_name: str = "vlm3r_node") -> list[str]:
     """The ``vlm3r-sim-bridge`` command line for this run."""
-    from vlm3r_ros.tools.demo import console_script
-
     width, height = args.size
     params = {
         "backend": args.backend, "seed": args.seed, "trajectory_kind": args.trajectory_kind,
@@ -128,9 +136,6 @@ def bridge_argv(args, params_file: Path, sim_dir: Path, image_topic: str, node_n
 
 def generate_questions(graph, types_text: str, seed: int, max_per_type: int) -> dict[str, list[dict]]:
     """Benchmark name -> rows (the published benchmark's shape, ids from 0) for ``graph``."""
-    from vlm3r_ros.data.qa.registry import get_spec
-    from vlm3r_ros.tools import gen_qa
-
     try:
         types = gen_qa.parse_types(types_text)
         rows = gen_qa.generate({graph.scene_name: graph}, types, seed, cap=max_per_type or "default")
@@ -148,9 +153,6 @@ def generate_questions(graph, types_text: str, seed: int, max_per_type: int) -> 
 
 def read_ground_truth(sim_dir: Path, expected_frames: int):
     """The bridge's scene graph file -> (SceneGraph, payload document)."""
-    from vlm3r_ros.ros.sim_bridge import SCENE_GRAPH_FILE
-    from vlm3r_ros.ros.sim_messages import scene_graph_from_payload
-
     path = sim_dir / SCENE_GRAPH_FILE
     try:
         graph, doc = scene_graph_from_payload(path.read_text(encoding="utf-8"))
@@ -194,17 +196,13 @@ def wait_for_bridge(bridge, client, frames: int, timeout: float, node, progress:
 
 # ------------------------------------------------------------------ the loop
 def run(args) -> int:
-    from vlm3r_ros.ros import apply_transport_setting
-    from vlm3r_ros.tools.demo import Child, console_script, isolate_ros_environment, read_node_params, \
-        repo_config_dir, weights_description
-
     out: Path = args.out
     sim_dir = out / "sim"
-    params_file = args.params_file or (repo_config_dir() / "tiny.yaml")
-    bridge_params = args.bridge_params or (repo_config_dir() / "sim_bridge.yaml")
+    params_file = args.params_file or (config_dir() / "tiny.yaml")
+    bridge_params = args.bridge_params or (config_dir() / "sim_bridge.yaml")
     try:
         node_params = read_node_params(params_file)
-    except Exception as exc:  # noqa: BLE001 (DemoError: an unreadable params file)
+    except ParamsFileError as exc:
         raise SimEvalError(str(exc)) from None
     is_random, weights_line = weights_description(node_params)
     image_topic = str(node_params.get("image_topic", "image"))
@@ -217,16 +215,7 @@ def run(args) -> int:
         print("THE SCORES BELOW ARE MEANINGLESS: the weights are random. This run tests the loop, not the model.")
     print(BANNER)
 
-    env = dict(os.environ)
-    ros_line = isolate_ros_environment(env)
-    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE"):
-        if key in env:
-            os.environ[key] = env[key]  # this process's own participant too
-    env["PYTHONUNBUFFERED"] = "1"
-    apply_transport_setting()
-    for key in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS"):
-        if key in os.environ:
-            env[key] = os.environ[key]
+    env, ros_line, _ = child_environment()
     out.mkdir(parents=True, exist_ok=True)
     for stale in [sim_dir / "scene_graph.json", *out.glob("results_*.jsonl"), *out.glob("qa_*.jsonl")]:
         stale.unlink(missing_ok=True)  # never score an earlier run's files
@@ -242,8 +231,6 @@ def run(args) -> int:
         children.append(node)
         print(f"[1/5] node: {' '.join(node_argv)}")
         print(f"      ({ros_line}; log {node.log_path})", flush=True)
-        from vlm3r_ros.eval.live_client import LiveBackend, LiveError, LiveSpatialClient
-
         client = LiveSpatialClient()
         t0 = time.monotonic()
         try:
@@ -291,9 +278,6 @@ def run(args) -> int:
             print(f"[4/5] {bench}: {len(rows)} questions with known answers -> {path}")
             print("      " + ", ".join(f"{t} {n}" for t, n in per_type.items()))
 
-        from vlm3r_ros.eval import harness
-        from vlm3r_ros.eval.benchmark import load_benchmark
-
         print(f"[5/5] asking them over {client.query_name} ({args.frames} frames per question):", flush=True)
         backend = LiveBackend(client, mode="external", num_frames=args.frames, max_new_tokens=args.max_new_tokens,
                               owns_client=False)
@@ -336,8 +320,6 @@ def run(args) -> int:
 
 def _wait_for_node(client, node, timeout: float) -> None:
     """LiveSpatialClient.wait_for_node in short steps, so a node that dies is reported at once."""
-    from vlm3r_ros.eval.live_client import LiveError
-
     deadline = time.monotonic() + timeout
     while True:
         if not node.running():
