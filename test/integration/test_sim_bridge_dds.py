@@ -136,7 +136,7 @@ def test_every_frame_arrives_with_the_trajectory_stamps_and_camera(run):
 
 
 def test_images_and_depth_are_the_simulators_frames_and_not_blank(run):
-    from vlm3r_ros.sim.core import make_simulation
+    from vlm3r_ros.sim.factory import make_simulation
 
     probe, out, _ = run
     sim = make_simulation('pybullet', scene=out / 'scene.json', trajectory=out / 'trajectory.json')

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from vlm3r_ros.data.scene_graph import ObjectInstance, OrientedBox
-from vlm3r_ros.sim.core import (Appearance, Intrinsics, Room, SimError, SimScene, Trajectory, box_yaw,
-                                handheld_walk, look_at, make_simulation, robot_patrol, scan_turn, yaw_axes)
+from vlm3r_ros.sim.core import (Appearance, Intrinsics, Room, SimError, SimScene, Trajectory, box_yaw, handheld_walk,
+                                look_at, robot_patrol, scan_turn, yaw_axes)
+from vlm3r_ros.sim.factory import make_simulation
 from vlm3r_ros.sim.procedural import KINDS, generate_scene
 from vlm3r_ros.sim.shapes import SHAPES, natural_proportions
 

@@ -21,8 +21,9 @@ import pytest
 
 from vlm3r_ros.data.metadata import load_scene_graphs, save_scene_graphs
 from vlm3r_ros.data.scene_graph import ObjectInstance, OrientedBox
-from vlm3r_ros.sim.core import (Appearance, Intrinsics, Room, SimError, SimScene, Simulation, Trajectory,
-                                handheld_walk, look_at, make_simulation, yaw_axes)
+from vlm3r_ros.sim.core import (Appearance, Intrinsics, Room, SimError, SimScene, Simulation, Trajectory, handheld_walk,
+                                look_at, yaw_axes)
+from vlm3r_ros.sim.factory import make_simulation
 from vlm3r_ros.sim.pybullet_backend import PyBulletRenderer, opengl_projection, view_matrix
 
 SMALL = Intrinsics(160, 120, 150.0, 140.0, 70.3, 62.8)  # deliberately off-centre, fx != fy

@@ -241,7 +241,8 @@ class BridgeSettings:
 # ---------------------------------------------------------------------------------- simulation
 def build_simulation(settings: BridgeSettings):
     """The :class:`vlm3r_ros.sim.core.Simulation` the settings describe (no ROS here)."""
-    from vlm3r_ros.sim.core import Intrinsics, Trajectory, make_simulation
+    from vlm3r_ros.sim.core import Intrinsics, Trajectory
+    from vlm3r_ros.sim.factory import make_simulation
 
     trajectory = None
     intrinsics = None

@@ -27,7 +27,6 @@ from ..data.scene_graph import FrameAnnotation, ObjectInstance, OrientedBox, Sce
 
 SCENE_FORMAT = "vlm3r_sim_scene/1"
 TRAJECTORY_FORMAT = "vlm3r_sim_trajectory/1"
-BACKENDS = ("pybullet", "habitat")
 DEFAULT_SIZE = (640, 480)
 DEFAULT_HFOV_DEG = 60.0
 
@@ -782,53 +781,3 @@ class Simulation:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def make_renderer(backend: str, scene: SimScene, **options) -> Renderer:
-    if backend == "pybullet":
-        from .pybullet_backend import PyBulletRenderer
-        return PyBulletRenderer(scene, **options)
-    if backend == "habitat":
-        from .habitat_backend import HabitatRenderer
-        return HabitatRenderer(scene, **options)
-    raise SimError(f"unknown simulator backend {backend!r}; expected one of {list(BACKENDS)}")
-
-
-def make_simulation(backend: str = "pybullet", scene: SimScene | str | Path | None = None, seed: int = 0,
-                    trajectory: Trajectory | str | Path | None = None, *, trajectory_kind: str = "handheld",
-                    n_frames: int = 60, fps: float = 10.0, intrinsics: Intrinsics | None = None,
-                    min_visible_pixels: int | None = None, **renderer_options) -> Simulation:
-    """A ready simulation.
-
-    scene: a SimScene, a scene file (JSON/YAML, docs/sim.md), or None to generate one from
-    ``seed`` (pybullet). For the Habitat backend a path to a Habitat scene (.glb, .ply or
-    .scene_instance.json) is read through habitat-sim. trajectory: a Trajectory, a trajectory
-    file, or None to generate ``n_frames`` at ``fps`` with ``trajectory_kind`` ('handheld',
-    'patrol' or 'scan') and ``seed``; ``intrinsics`` overrides the file's or the default 640x480,
-    60 deg.
-    """
-    if backend not in BACKENDS:
-        raise SimError(f"unknown simulator backend {backend!r}; expected one of {list(BACKENDS)}")
-    if scene is None:
-        from .procedural import generate_scene
-        scene = generate_scene(seed)
-    elif not isinstance(scene, SimScene):
-        path = Path(scene)
-        is_habitat_file = (path.name.endswith(".scene_instance.json")
-                           or (backend == "habitat" and path.suffix.lower() not in (".json", ".yaml", ".yml")))
-        if is_habitat_file:
-            from .habitat_backend import load_habitat_scene
-            scene = load_habitat_scene(path)
-        else:
-            scene = SimScene.load(path)
-    if trajectory is None:
-        if trajectory_kind not in TRAJECTORY_KINDS:
-            raise SimError(f"unknown trajectory kind {trajectory_kind!r}; expected one of {list(TRAJECTORY_KINDS)}")
-        trajectory = TRAJECTORY_KINDS[trajectory_kind](scene, seed=seed, n=n_frames, fps=fps, intrinsics=intrinsics)
-    else:
-        if not isinstance(trajectory, Trajectory):
-            trajectory = Trajectory.load(trajectory)
-        if intrinsics is not None:
-            trajectory = trajectory.with_intrinsics(intrinsics)
-    renderer = make_renderer(backend, scene, **renderer_options)
-    return Simulation(scene, trajectory, renderer, min_visible_pixels=min_visible_pixels)
