@@ -1,15 +1,10 @@
-"""A small synthetic video for demos and tests, rendered here (nothing is downloaded).
+"""Render the synthetic sample video into a folder (nothing is downloaded).
 
     python -m vlm3r_ros.tools.sample_data OUT_DIR [--frames 12] [--size 640x480] [--seed 0]
 
-A numpy ray caster draws a textured room (plank floor, painted walls with pictures, a
-ceiling) and four coloured boxes, seen by a pinhole camera that walks across the room
-while turning and tilting smoothly. The same arguments always give the same pixels.
-
-``write_sequence`` writes ``frame_000000.png``, ``frame_000001.png``, ... plus
-``groundtruth.tum`` (the camera-to-world poses, world = first camera frame, OpenCV axes,
-metres; the convention of ``vlm3r-cut3r``'s trajectory) and ``sequence.json`` (the
-arguments and intrinsics, written last so that its presence marks a complete folder).
+Writes ``frame_000000.png``, ... plus ``groundtruth.tum`` and ``sequence.json``: see
+:mod:`vlm3r_ros.media.sample_scene` for the room, the camera path and the file formats.
+The same arguments always give the same pixels.
 """
 
 from __future__ import annotations
