@@ -38,6 +38,7 @@ import sys
 import time
 from pathlib import Path
 
+from vlm3r_ros.data.qa.batch import GenQAError, as_format, generate, parse_types
 from vlm3r_ros.data.qa.registry import get_spec
 from vlm3r_ros.eval import harness
 from vlm3r_ros.eval.benchmark import load_benchmark
@@ -47,7 +48,6 @@ from vlm3r_ros.ros.launching import (Child, ParamsFileError, child_environment, 
                                      weights_description)
 from vlm3r_ros.ros.sim_bridge import SCENE_GRAPH_FILE
 from vlm3r_ros.ros.sim_messages import scene_graph_from_payload
-from vlm3r_ros.tools import gen_qa
 
 from .cli import image_size
 
@@ -137,14 +137,14 @@ def bridge_argv(args, params_file: Path, sim_dir: Path, image_topic: str, node_n
 def generate_questions(graph, types_text: str, seed: int, max_per_type: int) -> dict[str, list[dict]]:
     """Benchmark name -> rows (the published benchmark's shape, ids from 0) for ``graph``."""
     try:
-        types = gen_qa.parse_types(types_text)
-        rows = gen_qa.generate({graph.scene_name: graph}, types, seed, cap=max_per_type or "default")
-    except gen_qa.GenQAError as exc:
+        types = parse_types(types_text)
+        rows = generate({graph.scene_name: graph}, types, seed, cap=max_per_type or "default")
+    except GenQAError as exc:
         raise SimEvalError(f"--types: {exc}") from None
     by_benchmark: dict[str, list[dict]] = {}
     for row in rows:
         bench = get_spec(row["question_type"]).benchmark
-        by_benchmark.setdefault(bench, []).append(gen_qa.as_format(row, "benchmark"))
+        by_benchmark.setdefault(bench, []).append(as_format(row, "benchmark"))
     for bench_rows in by_benchmark.values():
         for i, row in enumerate(bench_rows):
             row["id"] = i
