@@ -127,10 +127,11 @@ def test_sim_eval_refuses_bad_arguments(argv, message, capsys):
 
 
 def test_sim_eval_bridge_command_uses_declared_parameters(tmp_path):
+    from vlm3r_ros.ros.sim_eval_steps import bridge_argv
     from vlm3r_ros.tools import sim_eval
 
     args = sim_eval.build_parser().parse_args(['--frames', '8', '--size', '96x72', '--scene-file', __file__])
-    argv = sim_eval.bridge_argv(args, tmp_path / 'b.yaml', tmp_path / 'sim', 'image')
+    argv = bridge_argv(args, tmp_path / 'b.yaml', tmp_path / 'sim', 'image')
     start = argv.index('--ros-args') + 1
     assert argv[start:start + 2] == ['--params-file', str(tmp_path / 'b.yaml')]
     params = dict(argv[i + 1].split(':=', 1) for i, a in enumerate(argv) if a == '-p')
