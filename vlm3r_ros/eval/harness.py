@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 import numpy as np
 
 from vlm3r_ros.media.frames import MediaError, SampledFrames, open_input, read_image, uniform_frame_indices
+from vlm3r_ros.models.vlm.answers import parse_answer, to_meters
 
 from .benchmark import Benchmark, BenchmarkRow, SceneMedia, resolve_media
 from .metrics import BenchmarkSpec, ScoreSummary, mca_answer, score, score_row
@@ -159,6 +160,7 @@ class OfflineBackend:
         self.scenes_ingested = 0  # how many scenes were decoded and ingested (tests count these)
 
     def start_scene(self, scene: Scene) -> None:
+        # torch only for the offline backend: a live run (vlm3r-sim-eval, --backend live) never loads it
         from vlm3r_ros.models.cut3r import Cut3rInputError
         from vlm3r_ros.models.cut3r.processing import ImageFormatError
 
@@ -178,6 +180,7 @@ class OfflineBackend:
         self.scenes_ingested += 1
 
     def answer(self, row: BenchmarkRow, options: list[str] | None) -> Reply:
+        # torch only for the offline backend (see start_scene)
         from vlm3r_ros.models.vlm.modeling_vlm3r import Vlm3rInputError
         from vlm3r_ros.models.vlm.prompting import PromptError
 
@@ -268,8 +271,6 @@ def convert_value(text: str, target_unit: str) -> tuple[float | None, str]:
     No number: (None, ""). No unit in the reply, or a count (``target_unit`` ""): the number
     as it is. A unit of another dimension (an area for a length): (None, unit).
     """
-    from vlm3r_ros.models.vlm.answers import parse_answer, to_meters
-
     parsed = parse_answer(text, None, "number")
     if not parsed.has_value or not math.isfinite(parsed.value):
         return None, ""

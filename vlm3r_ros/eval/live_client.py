@@ -222,6 +222,7 @@ class LiveSpatialClient:
         """
         from sensor_msgs.msg import Image
 
+        # ROS message modules only after apply_transport_setting (see __init__)
         from vlm3r_ros.ros.image_messages import encode_pixels, fill_image
 
         stats = StreamStats()

@@ -51,7 +51,10 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from vlm3r_ros.data.metadata import save_scene_graphs
 from vlm3r_ros.ros.params import ParamSpec
+from vlm3r_ros.sim.core import Intrinsics, Trajectory
+from vlm3r_ros.sim.factory import make_simulation
 
 NODE_NAME = "vlm3r_sim_bridge"
 EXIT_OK, EXIT_FAILED, EXIT_BAD_PARAMETER, EXIT_NO_SUBSCRIBERS = 0, 1, 2, 3
@@ -241,8 +244,6 @@ class BridgeSettings:
 # ---------------------------------------------------------------------------------- simulation
 def build_simulation(settings: BridgeSettings):
     """The :class:`vlm3r_ros.sim.core.Simulation` the settings describe (no ROS here)."""
-    from vlm3r_ros.sim.core import Intrinsics, Trajectory
-    from vlm3r_ros.sim.factory import make_simulation
 
     trajectory = None
     intrinsics = None
@@ -275,8 +276,6 @@ def write_outputs(output_dir: Path, graph, payload: str, summary: dict) -> list[
     """The ground truth so far as files: scene_graph.json (the topic's JSON), the two metadata
     files of :func:`vlm3r_ros.data.metadata.save_scene_graphs` (dataset 'sim', split 'run')
     and run.json (the report)."""
-    from vlm3r_ros.data.metadata import save_scene_graphs
-
     output_dir.mkdir(parents=True, exist_ok=True)
     written = [output_dir / SCENE_GRAPH_FILE]
     _atomic_write(written[0], payload)

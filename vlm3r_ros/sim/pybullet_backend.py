@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .core import Intrinsics, RenderedFrame, SimError, SimScene
-from .shapes import Mesh, mesh_fit, shape_parts
+from .shapes import Mesh, mesh_fit, pybullet_data_path, shape_parts
 
 # OpenCV camera (x right, y down, z forward) -> OpenGL eye (x right, y up, z backward)
 _CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -257,7 +257,6 @@ def _release(pybullet, client: int, assets: str):
 
 
 def _data_path() -> Path:
-    from .shapes import pybullet_data_path
     return pybullet_data_path()
 
 

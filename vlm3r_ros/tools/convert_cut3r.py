@@ -15,11 +15,11 @@ import pickle
 import sys
 from pathlib import Path
 
+from vlm3r_ros.engine.checkpoint import CheckpointError, convert_pth_to_safetensors
+from vlm3r_ros.models.cut3r.config import PUBLIC_CONFIGS
+
 
 def main(argv: list[str] | None = None) -> int:
-    from vlm3r_ros.engine.checkpoint import CheckpointError, convert_pth_to_safetensors
-    from vlm3r_ros.models.cut3r.config import PUBLIC_CONFIGS
-
     parser = argparse.ArgumentParser(prog="vlm3r-convert-cut3r", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", type=Path, help="published checkpoint (.pth)")

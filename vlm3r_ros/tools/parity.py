@@ -25,6 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+
+from vlm3r_ros.engine.checkpoint import build_cut3r, config_from_json
+from vlm3r_ros.models.vlm.fusion import Vlm3rFusionBlock, select_spatial_tokens
+from vlm3r_ros.models.vlm.modeling_vlm3r import splice_embeddings
+from vlm3r_ros.models.vlm.projector import add_newlines, build_projector, pool_2d
 
 ATOL = RTOL = 1e-4
 ROBUST_FRACTION = 0.005
@@ -85,10 +91,6 @@ def format_reports(reports: list[NameReport]) -> str:
 # ---------------------------------------------------------------------- CUT3R
 def run_cut3r_fixture(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """Run our CUT3R on a fixture. Returns (produced, expected, fixture json)."""
-    from safetensors.torch import load_file
-
-    from vlm3r_ros.engine.checkpoint import build_cut3r, config_from_json
-
     path = Path(path)
     doc = json.loads(path.with_suffix(".json").read_text())
     tensors = load_file(str(path))
@@ -139,12 +141,6 @@ VLM3R_TOLERANCE = 1e-5  # max abs error per tensor, float32
 
 def run_vlm3r_fixture(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """Run our VLM-3R token path (fusion, projector, pooling, newlines, splice) on a fixture."""
-    from safetensors.torch import load_file
-
-    from vlm3r_ros.models.vlm.fusion import Vlm3rFusionBlock, select_spatial_tokens
-    from vlm3r_ros.models.vlm.modeling_vlm3r import splice_embeddings
-    from vlm3r_ros.models.vlm.projector import add_newlines, build_projector, pool_2d
-
     path = Path(path)
     doc = json.loads(path.with_suffix(".json").read_text())
     cfg = doc["config"]

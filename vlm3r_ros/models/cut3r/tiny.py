@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from .config import Cut3rConfig
+from .modeling_cut3r import Cut3rModel
 
 TINY_CONFIGS = {
     "tiny_dpt": Cut3rConfig(enc_embed_dim=64, enc_depth=2, enc_num_heads=4, dec_embed_dim=32, dec_depth=4,
@@ -55,7 +56,5 @@ def init_random_(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def random_cut3r(name_or_config: str | Cut3rConfig = "tiny_dpt", seed: int = 0):
     """A tiny (or any) CUT3R with seeded random weights, in eval mode."""
-    from .modeling_cut3r import Cut3rModel
-
     config = TINY_CONFIGS[name_or_config] if isinstance(name_or_config, str) else name_or_config
     return init_random_(Cut3rModel(config), seed).eval().requires_grad_(False)

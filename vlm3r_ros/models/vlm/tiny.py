@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .config import Qwen2Settings, SiglipSettings, Vlm3rConfig
+from .modeling_vlm3r import Vlm3rModel
 
 QWEN2_TOKENIZER_SIZE = 151_646  # 151,643 BPE ranks + <|endoftext|>, <|im_start|>, <|im_end|>
 
@@ -30,8 +31,6 @@ QWEN2_0_5B = Qwen2Settings(hidden_size=896, intermediate_size=4864, num_hidden_l
 @torch.no_grad()
 def random_vlm3r(config: Vlm3rConfig = TINY_VLM3R, seed: int = 0):
     """A VLM-3R model with seeded random weights (torch's default init + a random newline), eval mode."""
-    from .modeling_vlm3r import Vlm3rModel
-
     torch.manual_seed(seed)
     model = Vlm3rModel(config)
     model.image_newline.normal_(0.0, 0.02)
