@@ -30,7 +30,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from vlm3r_ros.ros.launching import run_for_result  # noqa: E402
 
 CONFIGS = {
     # name: (architecture, preprocessing, shown input size)
@@ -115,14 +116,7 @@ def spawn(args, config_key: str, mode: str, timed: int, frames_file: str) -> dic
            "--frames-file", frames_file, "--device", args.device, "--dtype", args.dtype]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"child {config_key}/{mode} failed with exit status {proc.returncode}")
-    result = json.loads(lines[-1][len(RESULT_PREFIX):])
-    result["wall_s"] = time.perf_counter() - start
+    result = run_for_result(cmd, RESULT_PREFIX, f"{config_key}/{mode}")
     print(f"  {config_key:<5} {mode:<6} median {result['median_s']:.3f} s/frame over {result['timed']} frames "
           f"(CPU {result['cpu_median_s']:.3f} s), peak RSS {result['peak_rss_mib']:,.0f} MiB "
           f"(child wall {result['wall_s']:.0f} s, load average {os.getloadavg()[0]:.2f})", flush=True)

@@ -44,7 +44,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +52,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from vlm3r_ros.ros.launching import run_for_result  # noqa: E402
 
 RESULT_PREFIX = "BENCH_RESULT "
 N_SOURCE_FRAMES = 4  # rendered once (640x480) by the parent and cycled by the children
@@ -276,14 +277,7 @@ def spawn(args, config_key: str, part: str, timed: int, frames_file: str) -> dic
            "--frames-file", frames_file, "--window", str(args.window)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"child {config_key}/{part} failed with exit status {proc.returncode}")
-    result = json.loads(lines[-1][len(RESULT_PREFIX):])
-    result["wall_s"] = time.perf_counter() - start
+    result = run_for_result(cmd, RESULT_PREFIX, f"{config_key}/{part}")
     m = result["median_s"]
     main_value = m.get("total", m.get("step", m.get("query")))
     print(f"  {config_key:<9} {part:<6} median {main_value:.4f} s over {result['timed']}, peak RSS "

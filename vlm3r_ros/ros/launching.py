@@ -1,19 +1,22 @@
-"""Starting ROS programs as child processes: the demo's, vlm3r-sim-eval's and the benchmarks' one way.
+"""Child processes: the demo's, vlm3r-sim-eval's and the benchmarks' one way to start them.
 
 :class:`Child` runs a command in its own process group with its output in a log file and
 stops it (SIGINT, then SIGKILL to the group); :func:`console_script` finds an installed
 entry point; :func:`child_environment` gives children a private ROS domain on this host and
-the node's Fast DDS setting; :func:`read_node_params` reads a node's params file.
+the node's Fast DDS setting; :func:`read_node_params` reads a node's params file;
+:func:`run_for_result` runs a benchmark child to its end and reads the JSON result it prints.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -144,3 +147,17 @@ def child_environment() -> tuple[dict[str, str], str, str]:
         if key in os.environ:
             env[key] = os.environ[key]
     return env, ros_line, transport
+
+
+def run_for_result(cmd: list[str], prefix: str, what: str) -> dict:
+    """Run ``cmd`` to its end; the JSON object on its last stdout line starting with ``prefix``,
+    plus ``wall_s``. A failed child (or one that printed no result) shows its output and exits."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(prefix)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"child {what} failed with exit status {proc.returncode}")
+    result = json.loads(lines[-1][len(prefix):])
+    result["wall_s"] = time.perf_counter() - start
+    return result
