@@ -97,7 +97,7 @@ def _without_fp16_qk_rounding(monkeypatch):
         mutated.append(model)
         return model
 
-    # run_cut3r_fixture imports build_cut3r from vlm3r_ros.engine.checkpoint at call time
+    # run_cut3r_fixture looks build_cut3r up on vlm3r_ros.engine.checkpoint at call time
     monkeypatch.setattr(checkpoint, 'build_cut3r', build)
     return mutated
 

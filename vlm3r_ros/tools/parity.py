@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from vlm3r_ros.engine.checkpoint import build_cut3r, config_from_json
+from vlm3r_ros.engine import checkpoint  # build_cut3r looked up at call time (the parity tests patch it)
 from vlm3r_ros.models.vlm.fusion import Vlm3rFusionBlock, select_spatial_tokens
 from vlm3r_ros.models.vlm.modeling_vlm3r import splice_embeddings
 from vlm3r_ros.models.vlm.projector import add_newlines, build_projector, pool_2d
@@ -94,9 +94,9 @@ def run_cut3r_fixture(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     path = Path(path)
     doc = json.loads(path.with_suffix(".json").read_text())
     tensors = load_file(str(path))
-    config = config_from_json(doc, source=str(path.with_suffix(".json")))
+    config = checkpoint.config_from_json(doc, source=str(path.with_suffix(".json")))
     params = {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}
-    model = build_cut3r(config, params)
+    model = checkpoint.build_cut3r(config, params)
     frames = tensors["input/frames"].float()
     if frames.ndim == 4:  # (T, 3, H, W): one stream
         frames = frames[:, None]
