@@ -68,19 +68,43 @@ def test_image_with_row_padding(rgb):
 
 
 @pytest.mark.parametrize('mutate, reason', [
-    (lambda m: setattr(m, 'encoding', '16UC1'), 'unsupported encoding'),
+    (lambda m: setattr(m, 'encoding', '16UC1'), 'not a colour format'),
+    (lambda m: setattr(m, 'encoding', '8UC3'), 'not a colour format'),
     (lambda m: setattr(m, 'encoding', ''), 'unsupported encoding'),
     (lambda m: setattr(m, 'step', 7 * 3 - 1), 'step'),
     (lambda m: setattr(m, 'data', bytes(m.data)[:-1]), 'bytes of data'),
+    (lambda m: setattr(m, 'data', bytes(m.data) + bytes(1000)), '1000 bytes more than step'),
     (lambda m: (setattr(m, 'width', 0), setattr(m, 'height', 0)), 'empty image'),
     (lambda m: (setattr(m, 'width', 8000), setattr(m, 'height', 8000), setattr(m, 'step', 24000)), 'pixel limit'),
-], ids=['unknown-encoding', 'no-encoding', 'step-mismatch', 'truncated', 'zero-size', '8000x8000'])
+], ids=['depth-16UC1', 'generic-8UC3', 'no-encoding', 'step-mismatch', 'truncated', 'extra-data', 'zero-size',
+        '8000x8000'])
 def test_malformed_images_are_refused_with_the_reason(rgb, mutate, reason):
     msg = image_msg(rgb, 'rgb8')
     mutate(msg)
     with pytest.raises(EngineError, match=reason) as info:
         conv.image_to_rgb(msg)
     assert info.value.code == 'BAD_IMAGE'
+
+
+@pytest.mark.parametrize('encoding', ['rgb16', 'bgra16', 'mono16', 'bayer_grbg16'])
+@pytest.mark.parametrize('big_endian', [0, 1])
+def test_sixteen_bit_images_follow_is_bigendian(rgb, encoding, big_endian):
+    from vlm3r_ros.ros.image_encodings import encode_rgb
+
+    grey = np.repeat(rgb[:, :, :1], 3, axis=2)  # exact through every encoding but Bayer's borders
+    data, step = encode_rgb(grey, encoding, big_endian=bool(big_endian))
+    msg = Image(height=5, width=7, encoding=encoding, is_bigendian=big_endian, step=step, data=data)
+    out = conv.image_to_rgb(msg)
+    assert out.shape == (5, 7, 3) and out.dtype == np.uint8
+    if not encoding.startswith('bayer'):
+        np.testing.assert_array_equal(out, grey)
+
+
+def test_is_bigendian_is_read_from_the_message():
+    msg = Image(height=1, width=1, encoding='mono16', is_bigendian=1, step=2, data=b'\x12\x34')
+    assert conv.image_to_rgb(msg).tolist() == [[[18, 18, 18]]]  # 0x1234 / 257 = 18.1
+    msg.is_bigendian = 0
+    assert conv.image_to_rgb(msg).tolist() == [[[52, 52, 52]]]  # 0x3412 / 257 = 51.9
 
 
 def test_pixel_limit_is_a_parameter(rgb):

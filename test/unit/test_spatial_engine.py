@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from vlm3r_ros.engine.spatial_engine import (
-    MAX_IMAGE_PIXELS, EngineConfig, EngineError, SpatialEngine, image_from_buffer)
+    EngineConfig, EngineError, SpatialEngine)
 from vlm3r_ros.engine.vlm3r_pipeline import Vlm3rPipeline
 from vlm3r_ros.models.cut3r.tiny import random_cut3r
 from vlm3r_ros.models.vlm.tiny import random_vlm3r
@@ -353,76 +353,10 @@ def test_config_validation():
 
 
 # ------------------------------------------------------------------ images
-def encode(rgb, encoding, pad):
-    """RGB (H, W, 3) -> (bytes, step) in ``encoding``, each row padded with ``pad`` junk bytes."""
-    h, w, _ = rgb.shape
-    if encoding == 'rgb8':
-        pixels = rgb
-    elif encoding == 'bgr8':
-        pixels = rgb[:, :, ::-1]
-    elif encoding == 'rgba8':
-        pixels = np.concatenate([rgb, np.full((h, w, 1), 7, np.uint8)], axis=2)
-    elif encoding == 'bgra8':
-        pixels = np.concatenate([rgb[:, :, ::-1], np.full((h, w, 1), 7, np.uint8)], axis=2)
-    else:  # mono8
-        pixels = rgb[:, :, :1]
-    rows = pixels.reshape(h, -1)
-    junk = np.full((h, pad), 0xAB, np.uint8)
-    return np.concatenate([rows, junk], axis=1).tobytes(), rows.shape[1] + pad
-
-
-@pytest.mark.parametrize('encoding', ['rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8'])
-@pytest.mark.parametrize('pad', [0, 3, 64])
-def test_image_from_buffer_every_encoding_with_padded_steps(encoding, pad):
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
-    if encoding == 'mono8':
-        rgb = np.repeat(rgb[:, :, :1], 3, axis=2)  # grey: what mono8 decodes to
-    data, step = encode(rgb, encoding, pad)
-    for buf in (data, memoryview(data), data + b'extra bytes after the last row'):
-        out = image_from_buffer(buf, 5, 7, step, encoding)
-        assert out.shape == (5, 7, 3) and out.dtype == np.uint8 and out.flags['C_CONTIGUOUS']
-        assert np.array_equal(out, rgb)
-
-
-@pytest.mark.parametrize('case', ['unknown_encoding', 'rgb16', 'upper_case', 'step_too_small', 'truncated',
-                                  'zero_height', 'zero_width', 'negative', 'over_pixel_limit'])
-def test_image_from_buffer_malformed_is_bad_image(case):
-    h, w = 4, 6
-    data, step, encoding = bytes(h * w * 3), w * 3, 'rgb8'
-    if case == 'unknown_encoding':
-        encoding = 'yuv422'
-    elif case == 'rgb16':
-        encoding, data, step = 'rgb16', bytes(h * w * 6), w * 6
-    elif case == 'upper_case':
-        encoding = 'RGB8'  # sensor_msgs encodings are lower case
-    elif case == 'step_too_small':
-        step = w * 3 - 1
-    elif case == 'truncated':
-        data = data[:-1]
-    elif case == 'zero_height':
-        h, data = 0, b''
-    elif case == 'zero_width':
-        w, step, data = 0, 0, b''
-    elif case == 'negative':
-        h = -4
-    elif case == 'over_pixel_limit':
-        h = w = 8000  # 64 M pixels; refused from the header alone (no 192 MB of data needed)
-        step = w * 3
-    assert 8000 * 8000 > MAX_IMAGE_PIXELS
-    assert error_code(image_from_buffer, data, h, w, step, encoding) == 'BAD_IMAGE'
-
-
-def test_image_from_buffer_pixel_limit_is_a_parameter():
-    data = bytes(4 * 4 * 3)
-    assert image_from_buffer(data, 4, 4, 12, 'rgb8', max_pixels=16).shape == (4, 4, 3)
-    assert error_code(image_from_buffer, data, 4, 4, 12, 'rgb8', max_pixels=15) == 'BAD_IMAGE'
-
-
 @pytest.mark.parametrize('bad', [
     np.zeros((0, 0, 3), np.uint8),
     np.zeros((48, 64), np.uint8),  # no channel axis
-    np.zeros((48, 64, 4), np.uint8),  # RGBA: decode with image_from_buffer first
+    np.zeros((48, 64, 4), np.uint8),  # RGBA: decode with vlm3r_ros.ros.image_encodings first
     np.zeros((48, 64, 3), np.float32),
     np.zeros((48, 64, 3), np.uint16),
     'not an image',

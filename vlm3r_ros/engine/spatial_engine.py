@@ -235,30 +235,3 @@ class SpatialEngine:
 
 
 MAX_IMAGE_PIXELS = 4096 * 4096
-
-
-def image_from_buffer(data: bytes | memoryview, height: int, width: int, step: int, encoding: str,
-                      max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Decode a raw image buffer (as in sensor_msgs/Image) to RGB uint8 (H, W, 3).
-
-    Supported encodings: rgb8, bgr8, rgba8, bgra8, mono8. Raises EngineError(BAD_IMAGE)
-    with the reason for anything else, any inconsistency, or more than ``max_pixels``.
-    """
-    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}.get(encoding)
-    if channels is None:
-        raise EngineError("BAD_IMAGE", f"unsupported encoding {encoding!r}; use rgb8, bgr8, rgba8, bgra8 or mono8")
-    if height <= 0 or width <= 0:
-        raise EngineError("BAD_IMAGE", f"empty image ({width}x{height})")
-    if height * width > max_pixels:
-        raise EngineError("BAD_IMAGE", f"image of {width}x{height} exceeds the {max_pixels}-pixel limit")
-    if step < width * channels:
-        raise EngineError("BAD_IMAGE", f"step {step} is smaller than width*channels = {width * channels}")
-    if len(data) < step * height:
-        raise EngineError("BAD_IMAGE", f"{len(data)} bytes of data for {height} rows of {step} bytes")
-    buf = np.frombuffer(data, dtype=np.uint8, count=step * height).reshape(height, step)
-    pixels = buf[:, : width * channels].reshape(height, width, channels)
-    if encoding == "mono8":
-        return np.repeat(pixels, 3, axis=2)
-    if encoding in ("bgr8", "bgra8"):
-        return np.ascontiguousarray(pixels[:, :, 2::-1])
-    return np.ascontiguousarray(pixels[:, :, :3])

@@ -21,7 +21,8 @@ import numpy as np
 from geometry_msgs.msg import Pose, PoseStamped  # noqa: F401 (the node names them through this module)
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 
-from vlm3r_ros.engine.spatial_engine import MAX_IMAGE_PIXELS, EngineError, image_from_buffer
+from vlm3r_ros.engine.spatial_engine import MAX_IMAGE_PIXELS, EngineError
+from vlm3r_ros.ros.image_encodings import ImageEncodingError, decode_rgb
 # Stamps and poses live in poses.py (no model imports); re-exported here.
 from vlm3r_ros.ros.poses import (NS_PER_S, OPTICAL_TO_WORLD, c2w_to_world, header, matrix_to_pose,  # noqa: F401
                                  ns_to_stamp, pose_from_c2w, pose_stamped, quaternion_from_matrix, stamp_to_ns,
@@ -37,14 +38,19 @@ POINT_FIELDS = (("x", 0), ("y", 4), ("z", 8), ("rgb", 12))
 
 # ------------------------------------------------------------------ images
 def image_to_rgb(msg: Image, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """sensor_msgs/Image -> RGB uint8 (H, W, 3).
+    """sensor_msgs/Image -> RGB uint8 (H, W, 3), converted as cv_bridge's ``toCvCopy(msg, "rgb8")``.
 
-    Encodings rgb8, bgr8, rgba8, bgra8 and mono8 (8-bit, so ``is_bigendian`` does not
-    matter). Raises ``EngineError("BAD_IMAGE", reason)`` for an unknown encoding, a zero
-    or too large size, a step smaller than a row, or too little data.
+    Every encoding cv_bridge converts to rgb8 (8- and 16-bit RGB/BGR/RGBA/BGRA/mono, Bayer,
+    YUV 4:2:2; :mod:`vlm3r_ros.ros.image_encodings`), ``is_bigendian`` honoured. Raises
+    ``EngineError("BAD_IMAGE", reason)`` for a refused encoding (``8UC3``, ``32FC1``, ``nv12``,
+    ...), a zero or too large size, a step smaller than a row, or data that is not exactly
+    ``step * height`` bytes.
     """
-    return image_from_buffer(msg.data, int(msg.height), int(msg.width), int(msg.step), msg.encoding.lower(),
-                             max_pixels=max_pixels)
+    try:
+        return decode_rgb(msg.data, msg.height, msg.width, msg.step, msg.encoding, is_bigendian=bool(msg.is_bigendian),
+                          max_pixels=max_pixels)
+    except ImageEncodingError as exc:
+        raise EngineError("BAD_IMAGE", str(exc)) from None
 
 
 def compressed_image_to_rgb(msg: CompressedImage, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
