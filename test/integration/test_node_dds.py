@@ -422,6 +422,11 @@ def test_lifecycle_deactivate_and_activate(client):
     assert change_state(client, Transition.TRANSITION_DEACTIVATE) is True
     response = client.ask()
     assert response.error.startswith('NOT_ACTIVE: ') and ERROR_RE.match(response.error)
+    assert 'the node is inactive' in response.error
+    # /diagnostics keeps coming while inactive (an aggregator sees "inactive", not a stale entry)
+    client.diagnostics.clear()
+    client.spin_until(lambda: any(s.message.startswith('inactive') for a in client.diagnostics for s in a.status
+                                  if 'vlm3r_node' in s.name), '/diagnostics says inactive')
     assert client.call(client.reset_client, Trigger.Request(), 'reset while inactive').success is False
     assert change_state(client, Transition.TRANSITION_ACTIVATE) is True
     assert client.ask(max_frames=1).success is True  # the window survived
@@ -448,7 +453,7 @@ def test_start_errors_and_sigterm(spawn_python):
     assert real.wait(START_TIMEOUT_S) == 1, real.describe()
     assert "parameter 'cut3r_weights' is empty" in real.output(), real.output()
     assert bad.wait(START_TIMEOUT_S) == 2, bad.describe()
-    assert 'image_qos_reliability must be one of best_effort, reliable' in bad.output(), bad.output()
+    assert 'image_qos_reliability must be one of auto, reliable, best_effort' in bad.output(), bad.output()
     deadline = time.monotonic() + START_TIMEOUT_S
     while 'autostart is false' not in idle.output():
         assert idle.running() and time.monotonic() < deadline, idle.describe()

@@ -52,11 +52,11 @@ def test_parameter_table_is_consistent():
 
 
 @pytest.mark.parametrize('name, value, message', [
-    ('image_qos_reliability', 'sometimes', 'one of best_effort, reliable'),
+    ('image_qos_reliability', 'sometimes', 'one of auto, reliable, best_effort'),
     ('device', 'gpu', 'auto, cpu, cuda or cuda:N'),
     ('device', 'cuda:x', 'auto, cpu, cuda or cuda:N'),
     ('world_frame_id', '/map', 'tf2 frame id'),
-    ('world_frame_id', 'my world', 'tf2 frame id'),
+    ('world_frame_id', '', 'cannot be empty'),
     ('image_topic', '', 'not a valid topic name'),
     ('image_topic', 'camera//image', 'not a valid topic name'),
     ('compressed_image_topic', '1bad', 'not a valid topic name'),
@@ -72,6 +72,8 @@ def test_bad_values_are_refused_with_a_reason(name, value, message):
 
 @pytest.mark.parametrize('name, value', [
     ('device', 'cuda:1'), ('device', 'cpu'), ('world_frame_id', 'robot1/vlm3r_world'),
+    # tf2 refuses only an empty id and a leading '/' (geometry2 tf2/src/buffer_core.cpp, validateFrameId)
+    ('world_frame_id', 'camera-1.optical_frame'), ('world_frame_id', '2nd_world'),
     ('image_topic', '/camera/color/image_raw'), ('image_topic', '~/image'), ('compressed_image_topic', ''),
     ('vlm_config_overrides', ''), ('vlm_config_overrides', '{"fusion_num_heads": 16, "vision": {"hidden_size": 1024}}'),
 ])

@@ -45,7 +45,7 @@ def test_parameter_table_is_consistent():
     ('depth_topic', '', 'not a valid topic name'),
     ('lockstep_state_topic', '1node/state', 'not a valid topic name'),
     ('map_frame_id', '/map', 'tf2 frame id'),
-    ('optical_frame_id', 'camera optical', 'tf2 frame id'),
+    ('optical_frame_id', '', 'tf2 frame id'),
     ('camera_mount', [0.0, 0.0, 1.0], '6 finite numbers'),
     ('camera_mount', [0.0, 0.0, 1.0, 0.0, float('nan'), 0.0], '6 finite numbers'),
     ('width', 4, 'at least 8 pixels'),
@@ -53,6 +53,14 @@ def test_parameter_table_is_consistent():
 def test_bad_values_are_refused_with_a_reason(name, value, message):
     reason = check_parameter(name, value)
     assert reason is not None and message in reason and name in reason
+
+
+@pytest.mark.parametrize('name', ['map_frame_id', 'optical_frame_id'])
+def test_frame_ids_are_checked_as_tf2_checks_them(name):
+    # tf2 refuses only an empty id and a leading '/' (geometry2 tf2/src/buffer_core.cpp, validateFrameId)
+    for good in ('front-cam.optical_frame', 'robot_1/map', '2nd_map'):
+        assert check_parameter(name, good) is None, good
+    assert 'start with' in check_parameter(name, '/map')
 
 
 @pytest.mark.parametrize('overrides, message', [

@@ -54,7 +54,7 @@ from nav_msgs.msg import Path
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
@@ -63,12 +63,13 @@ from vlm3r_ros.engine.loading import LoadError, ModelSource, load_models, resolv
 from vlm3r_ros.engine.spatial_engine import EngineConfig, EngineError, SpatialEngine
 from vlm3r_ros.models.vlm.config import Vlm3rConfigError, parse_config_overrides
 from vlm3r_ros.msg import SpatialState
-from vlm3r_ros.ros import conversions
-from vlm3r_ros.ros.params import ParamSpec
+from vlm3r_ros.ros import conversions, image_qos
+from vlm3r_ros.ros.params import ParamSpec, frame_id_problem
 from vlm3r_ros.srv import SpatialQuery
 
 NODE_NAME = "vlm3r_node"
 POINTS_MIN_CONFIDENCE = 1.5  # CUT3R demo's point-cloud threshold (confidence >= 1 by construction)
+QOS_RECHECK_PERIOD_S = 0.5  # image_qos_reliability auto: how often the topic's publishers are looked at
 
 
 # ---------------------------------------------------------------------------------- parameters
@@ -76,13 +77,16 @@ _ENGINE_DEFAULTS = EngineConfig()
 
 PARAMETERS: tuple[ParamSpec, ...] = (
     # -- input
-    ParamSpec("image_topic", "image", "sensor_msgs/Image topic to subscribe to (rgb8, bgr8, rgba8, bgra8 or "
-              "mono8). Relative names follow the node's namespace.", constraints="a valid ROS topic name"),
+    ParamSpec("image_topic", "image", "sensor_msgs/Image topic to subscribe to (every encoding cv_bridge "
+              "converts to rgb8: 8/16-bit RGB, BGR, RGBA, BGRA, mono, Bayer, yuyv/uyvy). Undistorted images "
+              "(image_rect from image_proc) for a camera with lens distortion. Relative names follow the "
+              "node's namespace.", constraints="a valid ROS topic name"),
     ParamSpec("compressed_image_topic", "", "Optional sensor_msgs/CompressedImage topic (jpeg or png), e.g. "
               "'image/compressed'. Empty: no compressed subscription.",
               constraints="empty or a valid ROS topic name"),
-    ParamSpec("image_qos_reliability", "best_effort", "Reliability of the camera subscription: best_effort "
-              "(sensor-data QoS, the default) or reliable.", choices=("best_effort", "reliable")),
+    ParamSpec("image_qos_reliability", "auto", "Reliability of the camera subscription: auto (the default: "
+              "reliable when every publisher of the topic is, sensor-data QoS otherwise or while none is up; "
+              "re-chosen when the publishers change), reliable or best_effort.", choices=image_qos.CHOICES),
     ParamSpec("image_qos_depth", 5, "History depth of the camera subscription (keep last N).",
               int_range=(1, 100)),
     ParamSpec("max_image_pixels", 4096 * 4096, "Largest input image accepted (width * height); larger ones "
@@ -136,7 +140,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     # -- outputs
     ParamSpec("world_frame_id", "vlm3r_world", "Fixed frame of poses, path, points and state (REP 103 "
               "axes: x forward, y left, z up, as seen by the segment's first camera).", read_only=False,
-              constraints="a tf2 frame id: letters, digits, '_' and '/', not starting with '/'"),
+              constraints="a tf2 frame id: not empty, not starting with '/'"),
     ParamSpec("path_max_length", 1000, "Most poses kept in ~/path (the oldest are dropped).",
               read_only=False, int_range=(1, 100_000)),
     ParamSpec("publish_points", True, "Publish ~/points (needs geometry and an engine that returns "
@@ -153,7 +157,6 @@ PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
 _SPECS = {p.name: p for p in PARAMETERS}
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-_FRAME_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_/]*$")
 
 
 def check_parameter(name: str, value) -> str | None:
@@ -171,9 +174,8 @@ def check_parameter(name: str, value) -> str | None:
             parse_config_overrides(value)
         except Vlm3rConfigError as exc:
             return f"vlm_config_overrides: {exc}"
-    if name == "world_frame_id" and not _FRAME_ID_RE.match(value):
-        return (f"world_frame_id must be a tf2 frame id (letters, digits, '_' and '/', not starting with '/', "
-                f"no spaces); got {value!r}")
+    if name == "world_frame_id" and frame_id_problem(value):
+        return f"world_frame_id must be a tf2 frame id: {frame_id_problem(value)}; got {value!r}"
     if name in ("image_topic", "compressed_image_topic") and (value or name == "image_topic"):
         from rclpy.exceptions import InvalidTopicNameException
         from rclpy.expand_topic_name import expand_topic_name
@@ -349,6 +351,7 @@ class Counters:
     processed: int = 0
     dropped: int = 0
     rejected: int = 0
+    lost: int = 0  # reported lost in transport by the middleware (message_lost events)
     last_rejection: str = ""
     last_step_s: float = math.nan
     last_latency_s: float = math.nan  # image callback -> outputs published
@@ -396,14 +399,21 @@ class SpatialNode(LifecycleNode):
         self._path_key = None  # (segment id, world frame) of the poses in _path
         self._last_pose = Pose()
         self._last_processed_stamp_ns = 0
-        self._diag_prev = (time.monotonic(), 0, 0)
-        self._image_subs = []
+        self._diag_prev = (time.monotonic(), 0, 0, 0)
+        self._lifecycle_label = "unconfigured"  # kept here: rclpy has no public getter
+        self._lost_advice = ""  # the last frames-lost warning (shown in /diagnostics)
+        self._image_subs: list[image_qos.CameraSubscription] = []
         self._timer_list = []
         self._service_list = []
         self._pubs = {}
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.declare_parameters("", [(p.name, p.default, p.descriptor()) for p in PARAMETERS])
+        # /diagnostics in every lifecycle state (a plain publisher and timer, as diagnostic_updater
+        # does), so an aggregator sees "inactive" rather than a stale entry.
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
+        self._diagnostics_timer = self.create_timer(self._param("diagnostics_period"), self._publish_diagnostics,
+                                                    callback_group=self._timer_group)
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, params) -> SetParametersResult:
@@ -421,8 +431,13 @@ class SpatialNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     def current_state_label(self) -> str:
-        """The lifecycle state: unconfigured, inactive, active, finalized, ..."""
-        return self._state_machine.current_state[1]
+        """The lifecycle state: unconfigured, inactive, active or finalized (as the transitions left it)."""
+        return self._lifecycle_label
+
+    def _transition_done(self, result: TransitionCallbackReturn, label: str) -> TransitionCallbackReturn:
+        if result == TransitionCallbackReturn.SUCCESS:
+            self._lifecycle_label = label
+        return result
 
     def _param(self, name: str):
         return self.get_parameter(name).value
@@ -441,7 +456,7 @@ class SpatialNode(LifecycleNode):
             engine = build_engine(settings)
         except ConfigError as exc:
             self.get_logger().error(f"configure failed: {exc}")
-            return TransitionCallbackReturn.FAILURE
+            return TransitionCallbackReturn.FAILURE  # stays unconfigured
         except Exception:  # noqa: BLE001 - rclpy would swallow it without a word
             self.get_logger().error(f"configure failed:\n{traceback.format_exc()}")
             return TransitionCallbackReturn.FAILURE
@@ -453,7 +468,6 @@ class SpatialNode(LifecycleNode):
         pubs["pose"] = self.create_lifecycle_publisher(conversions.PoseStamped, "~/pose", OUTPUT_QOS)
         pubs["path"] = self.create_lifecycle_publisher(Path, "~/path", LATCHED_QOS)
         pubs["points"] = self.create_lifecycle_publisher(conversions.PointCloud2, "~/points", LATCHED_QOS)
-        pubs["diagnostics"] = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
         self._service_list = [
             self.create_service(SpatialQuery, "spatial_query", self._on_query, callback_group=self._query_group),
             self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._reset_group),
@@ -461,62 +475,68 @@ class SpatialNode(LifecycleNode):
         self.get_logger().info(f"configured in {time.monotonic() - start:.1f} s: window of "
                                f"{settings.window_capacity} frames, {settings.max_concurrent_queries} "
                                f"concurrent question(s)")
-        return TransitionCallbackReturn.SUCCESS
+        return self._transition_done(TransitionCallbackReturn.SUCCESS, "inactive")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # The lifecycle publishers first: a frame the worker finishes must not meet a disabled one.
+        result = super().on_activate(state)
         try:
             self._activate()
         except Exception:  # noqa: BLE001 - rclpy would swallow it without a word
             self.get_logger().error(f"activate failed:\n{traceback.format_exc()}")
             self._deactivate()
+            super().on_deactivate(state)
             return TransitionCallbackReturn.FAILURE
-        result = super().on_activate(state)
-        topics = ", ".join(sub.topic_name for sub in self._image_subs)
         service = self.resolve_service_name(self._service_list[0].srv_name)
-        self.get_logger().info(f"active: listening on {topics} ({self.settings.image_qos_reliability}, depth "
-                               f"{self.settings.image_qos_depth}); serving {service}")
+        for sub in self._image_subs:
+            self.get_logger().info(f"listening on {sub.describe()}")
+        self.get_logger().info(f"active: serving {service}")
         self._publish_state()
-        return result
+        return self._transition_done(result, "active")
 
     def _activate(self) -> None:
         s = self.settings
-        qos = QoSProfile(depth=s.image_qos_depth, history=HistoryPolicy.KEEP_LAST,
-                         reliability=ReliabilityPolicy.BEST_EFFORT if s.image_qos_reliability == "best_effort"
-                         else ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-        self._image_subs = [self.create_subscription(Image, s.image_topic, self._on_image, qos,
-                                                     callback_group=self._image_group)]
+        self._image_subs = [image_qos.CameraSubscription(
+            self, Image, s.image_topic, self._on_image, s.image_qos_reliability, s.image_qos_depth,
+            self._image_group, self._on_frames_lost)]
         if s.compressed_image_topic:
-            self._image_subs.append(self.create_subscription(
-                CompressedImage, s.compressed_image_topic, self._on_compressed_image, qos,
-                callback_group=self._image_group))
+            self._image_subs.append(image_qos.CameraSubscription(
+                self, CompressedImage, s.compressed_image_topic, self._on_compressed_image, s.image_qos_reliability,
+                s.image_qos_depth, self._image_group, self._on_frames_lost))
         self._stop.clear()
         self._worker = threading.Thread(target=self._run_worker, name="vlm3r_worker")
         self._worker.start()
-        self._timer_list = [
-            self.create_timer(s.state_period, self._publish_state, callback_group=self._timer_group),
-            self.create_timer(s.diagnostics_period, self._publish_diagnostics, callback_group=self._timer_group),
-        ]
+        self._timer_list = [self.create_timer(s.state_period, self._publish_state, callback_group=self._timer_group)]
+        if s.image_qos_reliability == "auto":
+            self._timer_list.append(self.create_timer(QOS_RECHECK_PERIOD_S, self._recheck_image_qos,
+                                                      callback_group=self._timer_group))
         self._active = True
 
+    def _recheck_image_qos(self) -> None:
+        for sub in self._image_subs:
+            change = sub.recheck()
+            if change is not None:
+                self.get_logger().info(change)
+
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._deactivate()
-        return super().on_deactivate(state)
+        self._deactivate()  # subscriptions and worker stop before the publishers are disabled
+        return self._transition_done(super().on_deactivate(state), "inactive")
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._cleanup()
-        return TransitionCallbackReturn.SUCCESS
+        return self._transition_done(TransitionCallbackReturn.SUCCESS, "unconfigured")
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self._active:
             self._deactivate()
             super().on_deactivate(state)
         self._cleanup()
-        return TransitionCallbackReturn.SUCCESS
+        return self._transition_done(TransitionCallbackReturn.SUCCESS, "finalized")
 
     def _deactivate(self) -> None:
         self._active = False
         for sub in self._image_subs:
-            self.destroy_subscription(sub)
+            sub.destroy()
         for timer in self._timer_list:
             self.destroy_timer(timer)
         self._image_subs, self._timer_list = [], []
@@ -564,6 +584,15 @@ class SpatialNode(LifecycleNode):
             self._reject(exc.message, msg.header.frame_id)
             return
         self._enqueue(rgb, msg.header)
+
+    def _on_frames_lost(self, count: int, sub: image_qos.CameraSubscription) -> None:
+        if count <= 0:
+            return
+        with self._lock:
+            self._counters.lost += count
+            self._lost_advice = image_qos.lost_frames_advice(self._counters.lost, sub.choice)
+            advice = self._lost_advice
+        self.get_logger().warning(f"{sub.topic_name}: {advice}", throttle_duration_sec=10.0)
 
     def _count_received(self) -> None:
         with self._lock:
@@ -681,13 +710,16 @@ class SpatialNode(LifecycleNode):
         now = time.monotonic()
         with self._lock:
             c = Counters(**vars(self._counters))
-        then, received_then, processed_then = self._diag_prev
-        self._diag_prev = (now, c.received, c.processed)
+            lost_advice = self._lost_advice
+        then, received_then, processed_then, lost_then = self._diag_prev
+        self._diag_prev = (now, c.received, c.processed, c.lost)
         elapsed = max(now - then, 1e-9)
         input_hz, processed_hz = (c.received - received_then) / elapsed, (c.processed - processed_then) / elapsed
         level, message = DiagnosticStatus.OK, "running"
         if not self._active:
-            level, message = DiagnosticStatus.WARN, "not active"
+            level, message = DiagnosticStatus.WARN, f"{self.current_state_label()}: not processing images"
+        elif c.lost > lost_then:
+            level, message = DiagnosticStatus.WARN, lost_advice
         elif c.received == 0:
             level, message = DiagnosticStatus.WARN, "no image received yet"
         elif input_hz == 0.0:
@@ -703,6 +735,7 @@ class SpatialNode(LifecycleNode):
             "frames_processed": c.processed,
             "frames_dropped": c.dropped,
             "frames_rejected": c.rejected,
+            "frames_lost_in_transport": c.lost,
             "last_rejection": c.last_rejection,
             "camera_frame_id": c.camera_frame_id,
             "memory_rss_mb": f"{_rss_bytes() / 2**20:.1f}",
@@ -718,6 +751,10 @@ class SpatialNode(LifecycleNode):
                 "queries_answered": stats.queries_answered,
                 "queries_refused_busy": stats.queries_refused,
             })
+        for i, sub in enumerate(list(self._image_subs)):
+            suffix = "" if i == 0 else "_compressed"
+            values[f"image_qos{suffix}"] = sub.choice.label
+            values[f"image_qos{suffix}_reason"] = sub.choice.reason
         if self.settings is not None:
             values.update({"model_source": self.settings.model_source, "device": self.settings.device,
                            "dtype": self.settings.dtype})
@@ -726,12 +763,9 @@ class SpatialNode(LifecycleNode):
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
     def _publish_diagnostics(self) -> None:
-        pub = self._pubs.get("diagnostics")
-        if pub is None:
-            return
         msg = DiagnosticArray(status=[self.diagnostic_status()])
         msg.header.stamp = self.get_clock().now().to_msg()
-        pub.publish(msg)
+        self._diagnostics_pub.publish(msg)
 
     # ------------------------------------------------------------------ services
     def _on_query(self, request: SpatialQuery.Request, response: SpatialQuery.Response) -> SpatialQuery.Response:

@@ -48,3 +48,14 @@ class ParamSpec:
     def declared_default(self):
         """The default as rclpy's declare_parameter wants it (a list for an array)."""
         return [float(v) for v in self.default] if isinstance(self.default, tuple) else self.default
+
+
+def frame_id_problem(value: str) -> str | None:
+    """Why tf2 would refuse ``value`` as a frame id, or None. tf2's own rule (geometry2,
+    tf2/src/buffer_core.cpp, ``validateFrameId``): not empty and not starting with '/';
+    anything else ('-', '.', digits first, ...) is a valid frame id."""
+    if not value:
+        return "a tf2 frame id cannot be empty"
+    if value.startswith("/"):
+        return "a tf2 frame id cannot start with '/'"
+    return None

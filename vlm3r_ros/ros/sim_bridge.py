@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 import threading
 import time
@@ -52,7 +51,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from vlm3r_ros.data.metadata import save_scene_graphs
-from vlm3r_ros.ros.params import ParamSpec
+from vlm3r_ros.ros.params import ParamSpec, frame_id_problem
 from vlm3r_ros.sim.core import Intrinsics, Trajectory
 from vlm3r_ros.sim.factory import make_simulation
 
@@ -145,7 +144,6 @@ PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
 _SPECS = {p.name: p for p in PARAMETERS}
 _TOPIC_PARAMETERS = ("image_topic", "depth_topic", "odom_topic", "scene_graph_topic")
 _FRAME_PARAMETERS = ("map_frame_id", "odom_frame_id", "base_frame_id", "camera_frame_id", "optical_frame_id")
-_FRAME_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_/]*$")  # what vlm3r-node accepts for world_frame_id
 
 
 def check_parameter(name: str, value) -> str | None:
@@ -156,9 +154,8 @@ def check_parameter(name: str, value) -> str | None:
         return None
     if spec.choices and value not in spec.choices:
         return f"{name} must be one of {', '.join(spec.choices)}; got {value!r}"
-    if name in _FRAME_PARAMETERS and not _FRAME_ID_RE.match(value):
-        return (f"{name} must be a tf2 frame id (letters, digits, '_' and '/', not starting with '/', no "
-                f"spaces); got {value!r}")
+    if name in _FRAME_PARAMETERS and frame_id_problem(value):
+        return f"{name} must be a tf2 frame id: {frame_id_problem(value)}; got {value!r}"
     if name in _TOPIC_PARAMETERS or (name in ("camera_info_topic", "lockstep_state_topic") and value):
         problem = _topic_name_problem(value)
         if problem is not None:
