@@ -19,7 +19,8 @@ H, W = 48, 64
 def smooth_rgb(h=H, w=W):
     """Gradients in three directions: what a camera sees, not noise (Bayer and 4:2:2 subsample)."""
     y, x = np.mgrid[0:h, 0:w]
-    return np.stack([x * 255 / (w - 1), y * 255 / (h - 1), (x + y) * 255 / (w + h - 2)], axis=2).round().astype(np.uint8)
+    rgb = np.stack([x * 255 / (w - 1), y * 255 / (h - 1), (x + y) * 255 / (w + h - 2)], axis=2)
+    return rgb.round().astype(np.uint8)
 
 
 def luma(rgb):

@@ -8,12 +8,13 @@ Frames: see :mod:`vlm3r_ros.ros.conversions`.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, PoseStamped
 from std_msgs.msg import Header
+
+from vlm3r_ros.geometry import quaternion_from_matrix  # noqa: F401 (re-exported: the ROS layer's name for it)
 
 # Rotation taking coordinates in the first camera's optical frame (x right, y down,
 # z forward) to REP 103 world axes (x forward, y left, z up).
@@ -56,41 +57,6 @@ def c2w_to_world(c2w_optical) -> np.ndarray:
     out[:3, :3] = OPTICAL_TO_WORLD @ c2w[:3, :3]
     out[:3, 3] = OPTICAL_TO_WORLD @ c2w[:3, 3]
     return out
-
-
-def quaternion_from_matrix(rotation) -> tuple[float, float, float, float]:
-    """3x3 rotation -> unit quaternion (x, y, z, w) with w >= 0.
-
-    Shepperd's method (the largest of the four candidates is computed first, so it is
-    accurate near 180 degrees). A matrix that is not quite orthonormal (float32 network
-    output) is first projected onto the nearest rotation (SVD).
-    """
-    r = to_numpy(rotation)
-    if r.shape != (3, 3) or not np.all(np.isfinite(r)):
-        raise ValueError(f"a finite 3x3 rotation is needed, got shape {r.shape}")
-    u, _, vt = np.linalg.svd(r)
-    r = u @ vt
-    if np.linalg.det(r) < 0:  # a reflection: flip the last axis to get a rotation
-        u[:, -1] *= -1
-        r = u @ vt
-    trace = r[0, 0] + r[1, 1] + r[2, 2]
-    if trace > max(r[0, 0], r[1, 1], r[2, 2]):
-        s = 2.0 * math.sqrt(1.0 + trace)
-        w, x, y, z = 0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s
-    elif r[0, 0] >= r[1, 1] and r[0, 0] >= r[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + r[0, 0] - r[1, 1] - r[2, 2])
-        w, x, y, z = (r[2, 1] - r[1, 2]) / s, 0.25 * s, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s
-    elif r[1, 1] >= r[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + r[1, 1] - r[0, 0] - r[2, 2])
-        w, x, y, z = (r[0, 2] - r[2, 0]) / s, (r[0, 1] + r[1, 0]) / s, 0.25 * s, (r[1, 2] + r[2, 1]) / s
-    else:
-        s = 2.0 * math.sqrt(1.0 + r[2, 2] - r[0, 0] - r[1, 1])
-        w, x, y, z = (r[1, 0] - r[0, 1]) / s, (r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s
-    q = np.array([x, y, z, w])
-    q /= np.linalg.norm(q)
-    if q[3] < 0:
-        q = -q
-    return tuple(float(v) for v in q)
 
 
 def matrix_to_pose(matrix) -> Pose:

@@ -1,7 +1,9 @@
 """The Habitat backend: the same trajectories rendered by habitat-sim, for users who have it.
 
-UNTESTED IN CI: habitat-sim has no wheel for this project's Python (3.11) on PyPI, so this file
-is never run here (docs/sim.md says so). It uses only habitat-sim's public Python API as its
+NOT RUN AGAINST habitat-sim IN CI: habitat-sim has no wheel for this project's Python (3.11) on
+PyPI (docs/sim.md says so). Its pure parts (boxes, the room, quaternions, the navmesh check) are
+tested with a stand-in module (test/unit/test_sim_habitat_fake.py) built from the API of
+habitat-sim v0.3.2 and v0.3.3 as read in its sources. It uses only habitat-sim's public Python API as its
 tutorials do (facebookresearch/habitat-sim, examples/tutorials/nb_python/
 coordinate_frame_tutorial.py and habitat-sim-demo): ``SimulatorConfiguration``,
 ``CameraSensorSpec`` (COLOR, DEPTH, SEMANTIC), ``AgentConfiguration``, ``Simulator``,
@@ -13,6 +15,12 @@ Frames. Habitat's world is y-up and its cameras look along -z with y up (the tut
 Ours is z-up with OpenCV cameras, so: habitat point = R_HZ @ our point, and the Habitat camera
 rotation = R_HZ @ R_cv @ diag(1, -1, -1). Habitat's pinhole camera has square pixels and its
 principal point at the image centre: other intrinsics are refused.
+
+API differences handled: ``SemanticObject.aabb`` is a ``BBox`` with properties ``center`` and
+``sizes`` up to v0.3.2, and a Magnum ``Range3D`` with methods ``center()`` and ``size()`` from
+v0.3.3 (src/esp/scene/SemanticScene.h, src/esp/bindings/Bindings.cpp). ``AgentState.rotation``
+must be a unit quaternion within 1e-4 (habitat_sim/utils/validators.py ``is_unit_length``),
+given as coefficients [x, y, z, w] (habitat_sim/utils/common.py ``quat_from_coeffs``).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.scene_graph import ObjectInstance, OrientedBox
+from ..geometry import quaternion_from_matrix
 from .core import Intrinsics, RenderedFrame, Room, SimError, SimScene
 
 # our z-up world -> Habitat's y-up world: (x, y, z) -> (x, z, -y)
@@ -82,6 +91,11 @@ def load_habitat_scene(scene_path: str | Path, dataset_config: str | None = None
     scene_path = str(scene_path)
     sim = habitat_sim.Simulator(_configuration(habitat_sim, scene_path, dataset_config, None))
     try:
+        if not sim.pathfinder.is_loaded:  # the room outline comes from the navmesh
+            raise SimError(f"the Habitat scene {scene_path} has no navmesh: habitat-sim found no .navmesh for it "
+                           f"(beside the scene file, or named by the dataset config). Put the scene's .navmesh "
+                           f"file next to it (same name, .navmesh), or compute one with habitat-sim "
+                           f"(Simulator.recompute_navmesh) and save it with pathfinder.save_nav_mesh")
         objects = []
         for obj in sim.semantic_scene.objects:
             if obj is None or obj.category is None:
@@ -90,8 +104,8 @@ def load_habitat_scene(scene_path: str | Path, dataset_config: str | None = None
             sid = _semantic_id(obj)
             if category in STRUCTURE or sid is None or sid < 0:
                 continue
-            centre = R_HZ.T @ np.asarray(obj.aabb.center, dtype=np.float64)
-            sizes = np.abs(R_HZ.T @ np.asarray(obj.aabb.sizes, dtype=np.float64))
+            centre, sizes = aabb_centre_and_sizes(obj.aabb)
+            centre, sizes = R_HZ.T @ centre, np.abs(R_HZ.T @ sizes)
             if np.all(sizes == 0):
                 continue
             objects.append(ObjectInstance(sid, category, OrientedBox.create(centre, sizes)))
@@ -135,7 +149,7 @@ class HabitatRenderer:
         rotation = R_HZ @ pose[:3, :3] @ _CV_TO_GL  # Habitat camera axes in Habitat's world
         state = self._habitat_sim.AgentState()
         state.position = (R_HZ @ pose[:3, 3]).astype(np.float32)
-        state.rotation = _quaternion_xyzw(rotation)  # set_state reads coefficients as [x, y, z, w]
+        state.rotation = agent_rotation_coeffs(rotation)
         self._sim.get_agent(0).set_state(state, reset_sensors=True)
         obs = self._sim.get_sensor_observations()
         rgb = np.asarray(obs["color"])[:, :, :3].astype(np.uint8)
@@ -152,9 +166,23 @@ class HabitatRenderer:
             self._sim = None
 
 
-def _quaternion_xyzw(m: np.ndarray) -> np.ndarray:
-    w = math.sqrt(max(0.0, 1 + m[0, 0] + m[1, 1] + m[2, 2])) / 2
-    x = math.copysign(math.sqrt(max(0.0, 1 + m[0, 0] - m[1, 1] - m[2, 2])) / 2, m[2, 1] - m[1, 2])
-    y = math.copysign(math.sqrt(max(0.0, 1 - m[0, 0] + m[1, 1] - m[2, 2])) / 2, m[0, 2] - m[2, 0])
-    z = math.copysign(math.sqrt(max(0.0, 1 - m[0, 0] - m[1, 1] + m[2, 2])) / 2, m[1, 0] - m[0, 1])
-    return np.array([x, y, z, w])
+def agent_rotation_coeffs(rotation: np.ndarray) -> np.ndarray:
+    """Habitat camera rotation (3, 3) -> AgentState.rotation coefficients [x, y, z, w], unit length
+    (habitat-sim refuses more than 1e-4 off), from the robust conversion (exact at 180 degrees)."""
+    q = np.array(quaternion_from_matrix(rotation), dtype=np.float64)
+    return q / np.linalg.norm(q)
+
+
+def aabb_centre_and_sizes(aabb) -> tuple[np.ndarray, np.ndarray]:
+    """(centre, sizes) of a semantic object's axis-aligned box in Habitat's frame: a Magnum Range3D
+    (habitat-sim >= 0.3.3: methods ``center()``, ``size()``) or a BBox (<= 0.3.2: properties
+    ``center``, ``sizes``)."""
+    centre = aabb.center() if callable(aabb.center) else aabb.center
+    if hasattr(aabb, "size"):
+        sizes = aabb.size() if callable(aabb.size) else aabb.size
+    elif hasattr(aabb, "sizes"):
+        sizes = aabb.sizes() if callable(aabb.sizes) else aabb.sizes
+    else:
+        raise SimError(f"habitat-sim returned an object box of type {type(aabb).__name__} with neither size() "
+                       f"(Range3D, habitat-sim >= 0.3.3) nor sizes (BBox, <= 0.3.2)")
+    return np.asarray(centre, dtype=np.float64).reshape(3), np.asarray(sizes, dtype=np.float64).reshape(3)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..geometry import quaternion_from_matrix
 from .core import Intrinsics, RenderedFrame, SimError, SimScene
 from .shapes import Mesh, mesh_fit, pybullet_data_path, shape_parts
 
@@ -64,21 +65,7 @@ def depth_from_buffer(buffer: np.ndarray, near: float, far: float) -> np.ndarray
 
 def _quaternion(rotation: np.ndarray) -> list[float]:
     """[x, y, z, w] of a rotation matrix (3, 3) (pybullet's order)."""
-    m = rotation
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    if trace > 0:
-        s = 2 * math.sqrt(trace + 1)
-        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, s / 4]
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = 2 * math.sqrt(1 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = [s / 4, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s]
-    elif m[1, 1] > m[2, 2]:
-        s = 2 * math.sqrt(1 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = [(m[0, 1] + m[1, 0]) / s, s / 4, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s]
-    else:
-        s = 2 * math.sqrt(1 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, s / 4, (m[1, 0] - m[0, 1]) / s]
-    return [float(x) for x in q]
+    return list(quaternion_from_matrix(rotation))
 
 
 class PyBulletRenderer:
