@@ -33,7 +33,7 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 
 from vlm3r_ros.msg import SpatialState
-from vlm3r_ros.ros import fastdds_profile_path
+from vlm3r_ros.ros import conversions, fastdds_profile_path, image_messages
 from vlm3r_ros.ros.conversions import point_cloud2_to_arrays
 from vlm3r_ros.srv import SpatialQuery
 
@@ -309,8 +309,12 @@ def malformed_images(stamp):
     huge = make_image(8, 1, stamp)  # claims 8000x8000 (192 MB): refused from the header
     huge.width = huge.height = 8000
     huge.step = 8000 * 3
+    longer = make_image(32, 24, stamp)  # data longer than step x height (it was processed once)
+    longer.data = bytes(longer.data) + bytes(1000)
+    generic = make_image(8, 6, stamp)
+    generic.encoding = '8UC3'  # cv_bridge refuses it for colour too
     return {'unknown encoding': unknown, 'step mismatch': step, 'truncated data': truncated, 'zero size': zero,
-            '8000x8000': huge}
+            '8000x8000': huge, 'extra data': longer, '8UC3': generic}
 
 
 def test_malformed_images_are_rejected_and_counted_while_serving(client):
@@ -331,6 +335,23 @@ def test_malformed_images_are_rejected_and_counted_while_serving(client):
     client.spin_until(lambda: stamp_ns(client.state.header.stamp) == stamps[0], 'a good frame after bad ones')
     assert client.state.frames_processed == before.frames_processed + 1
     assert client.ask(max_frames=1).success is True
+
+
+@pytest.mark.parametrize('encoding, big_endian', [
+    ('yuyv', False), ('uyvy', False), ('bayer_rggb8', False), ('bayer_gbrg16', True), ('mono16', True),
+    ('bgra16', False)])
+def test_camera_encodings_are_converted(client, encoding, big_endian):
+    before = client.state
+    msg = Image()
+    rgb = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    image_messages.fill_image_from_rgb(msg, rgb, encoding, big_endian=big_endian)
+    msg.header.frame_id = 'camera-1.optical_frame'  # '-' and '.' are legal in tf2 frame ids
+    msg.header.stamp = conversions.ns_to_stamp(client.next_stamp_ns)
+    client.next_stamp_ns += 10**8
+    client.publish_raw(msg)
+    client.spin_until(lambda: stamp_ns(client.state.header.stamp) == stamp_ns(msg.header.stamp),
+                      f'a {encoding} frame processed')
+    assert client.state.frames_rejected == before.frames_rejected
 
 
 def test_reset_starts_a_new_segment(client):

@@ -172,12 +172,16 @@ def test_player_guesses_camera_info_for_generated_size_mismatch():
     assert image_messages.camera_info_topic('image_raw') == 'camera_info'
     assert image_messages.camera_info_topic('/cam/front/image_raw') == '/cam/front/camera_info'
     assert image_messages.camera_info_topic('~/image') == '~/camera_info'
-    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
-    assert np.array_equal(image_messages.encode_pixels(rgb, 'bgr8'), rgb[:, :, ::-1])
-    rgba = image_messages.encode_pixels(rgb, 'bgra8')
-    assert rgba.shape == (2, 3, 4) and (rgba[:, :, 3] == 255).all() and np.array_equal(rgba[:, :, 2::-1], rgb)
-    mono = image_messages.encode_pixels(np.full((1, 1, 3), 200, np.uint8), 'mono8')
-    assert mono.shape == (1, 1, 1) and mono[0, 0, 0] == 200
+    rgb = np.arange(2 * 4 * 3, dtype=np.uint8).reshape(2, 4, 3)
+    msg = Image()
+    image_messages.fill_image_from_rgb(msg, rgb, 'bgra8')
+    assert (msg.height, msg.width, msg.step, msg.is_bigendian) == (2, 4, 16, 0)
+    bgra = np.frombuffer(bytes(msg.data), np.uint8).reshape(2, 4, 4)
+    assert (bgra[:, :, 3] == 255).all() and np.array_equal(bgra[:, :, 2::-1], rgb)
+    image_messages.fill_image_from_rgb(msg, np.full((1, 2, 3), 200, np.uint8), 'mono16', big_endian=True)
+    assert (msg.step, msg.is_bigendian, bytes(msg.data)) == (4, 1, bytes([200, 200]) * 2)  # 200 * 257
+    image_messages.fill_image_from_rgb(msg, rgb, 'yuyv')
+    assert (msg.encoding, msg.step, len(msg.data)) == ('yuyv', 8, 16)  # two bytes a pixel
     assert math.isnan(PlayStats(published=1).rate_hz)
 
 

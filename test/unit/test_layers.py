@@ -13,7 +13,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = Path(sys.executable).parent / 'lint-imports'
-CONTRACTS = ('models (the nn code)', 'media (frame sources', 'engine imports no ros', 'data, eval',
+CONTRACTS = ('models (the nn code)', 'geometry (rotations', 'media (frame sources', 'engine imports no ros', 'data, eval',
              'nothing imports tools', 'sim.core imports no backend')
 
 

@@ -223,7 +223,7 @@ class LiveSpatialClient:
         from sensor_msgs.msg import Image
 
         # ROS message modules only after apply_transport_setting (see __init__)
-        from vlm3r_ros.ros.image_messages import encode_pixels, fill_image
+        from vlm3r_ros.ros.image_messages import fill_image_from_rgb
 
         stats = StreamStats()
         start = time.monotonic()
@@ -233,7 +233,7 @@ class LiveSpatialClient:
         msg = Image()
         msg.header.frame_id = self.frame_id
         for i, image in enumerate(images):
-            fill_image(msg, encode_pixels(image, "rgb8"), "rgb8")
+            fill_image_from_rgb(msg, image, "rgb8")
             received_before = self.state.frames_received
             what = f"frame {i + 1} of {len(images)}"
             for attempt in range(resend + 1):

@@ -13,30 +13,26 @@ import math
 import numpy as np
 from builtin_interfaces.msg import Time
 
-ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")  # what encode_pixels writes
+from vlm3r_ros.ros.image_encodings import ENCODINGS, encode_rgb  # noqa: F401 (ENCODINGS: what play offers)
+
 DEFAULT_HFOV_DEG = 60.0  # horizontal field of view of a guessed camera
 CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "32FC1": 1}  # 32FC1: REP 118 depth
 
 
-def encode_pixels(rgb: np.ndarray, encoding: str) -> np.ndarray:
-    """RGB uint8 (H, W, 3) -> contiguous (H, W, C) in ``encoding``."""
-    if encoding == "rgb8":
-        return np.ascontiguousarray(rgb)
-    if encoding == "bgr8":
-        return np.ascontiguousarray(rgb[:, :, ::-1])
-    if encoding in ("rgba8", "bgra8"):
-        colour = rgb if encoding == "rgba8" else rgb[:, :, ::-1]
-        alpha = np.full(rgb.shape[:2] + (1,), 255, dtype=np.uint8)
-        return np.ascontiguousarray(np.concatenate([colour, alpha], axis=2))
-    if encoding == "mono8":  # ITU-R BT.601 luma
-        luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[:, :, None]
-    raise ValueError(f"unsupported encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
+def fill_image_from_rgb(msg, rgb: np.ndarray, encoding: str, big_endian: bool = False) -> None:
+    """Fill a sensor_msgs/Image (all but the header) with RGB uint8 (H, W, 3) as a camera sending
+    ``encoding`` would: any of ``ENCODINGS``, the ones the node reads (image_encodings.encode_rgb)."""
+    data, step = encode_rgb(rgb, encoding, big_endian=big_endian)
+    msg.height, msg.width = (int(v) for v in rgb.shape[:2])
+    msg.encoding = encoding
+    msg.is_bigendian = int(big_endian)
+    msg.step = int(step)
+    msg.data = array.array("B", data)  # bytes -> array is a copy; a list would be slow
 
 
 def fill_image(msg, pixels: np.ndarray, encoding: str) -> None:
-    """Fill a sensor_msgs/Image (all but the header) from (H, W, C) uint8 pixels, or (H, W)
-    little-endian float32 ('<f4') for 32FC1."""
+    """Fill a sensor_msgs/Image (all but the header) from (H, W, C) uint8 pixels already in
+    ``encoding`` (rgb8, bgr8, rgba8, bgra8, mono8), or (H, W) little-endian float32 ('<f4') for 32FC1."""
     height, width = pixels.shape[:2]
     msg.height = int(height)
     msg.width = int(width)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from vlm3r_ros.errors import UserError
 from vlm3r_ros.media.feed import FrameFeed
 from vlm3r_ros.ros import apply_transport_setting
-from vlm3r_ros.ros.image_messages import (camera_info_topic, encode_pixels, fill_camera_info, fill_image,
-                                          pinhole_guess, stamp_from_seconds)
+from vlm3r_ros.ros.image_messages import (camera_info_topic, fill_camera_info, fill_image_from_rgb, pinhole_guess,
+                                          stamp_from_seconds)
 
 
 class NoSubscribers(UserError):
@@ -124,7 +124,7 @@ def _publish_loop(args, feed: FrameFeed, node, image_pub, info_pub, period: floa
                 stats.late += 1  # behind schedule (slow decoding): restart it rather than burst
                 next_time = now
             next_time += period
-            fill_image(msg, encode_pixels(frame.image, args.encoding), args.encoding)
+            fill_image_from_rgb(msg, frame.image, args.encoding)
             last_source_t = frame.index / feed.fps
             if args.stamps == "source":
                 msg.header.stamp = stamp_from_seconds(loop_offset_s + last_source_t)

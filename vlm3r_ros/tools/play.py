@@ -16,7 +16,7 @@ Input (one of):
                     in memory at --size (nothing is downloaded or written).
 
 Output: ``sensor_msgs/Image`` on --topic (default ``image``), encoding rgb8 by default
-(--encoding bgr8/rgba8/bgra8/mono8 to exercise a consumer), ``header.frame_id`` =
+(--encoding: any the node reads, e.g. bgr8, mono16, yuyv, bayer_rggb8, to exercise a consumer), ``header.frame_id`` =
 --frame-id (default ``camera_optical_frame``: REP 103 optical axes, z forward, x right,
 y down). Stamps: ``now`` (default; the ROS clock when the frame is published) or
 ``source`` (the frame's time in the source, index / fps; with --loop each pass adds the
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frame-id", default=DEFAULT_FRAME_ID, help=f"header.frame_id (default {DEFAULT_FRAME_ID})")
     parser.add_argument("--stamps", choices=("now", "source"), default="now",
                         help="now: ROS clock at publication (default); source: index / fps in the source")
-    parser.add_argument("--encoding", choices=ENCODINGS, default="rgb8", help="image encoding (default rgb8)")
+    parser.add_argument("--encoding", choices=ENCODINGS, default="rgb8", help="image encoding (default rgb8; 16-bit ones little-endian)")
     parser.add_argument("--qos", choices=("sensor", "reliable"), default="sensor",
                         help="sensor: best effort (default, as camera drivers); reliable")
     parser.add_argument("--depth", type=int, default=5, help="QoS history depth (default 5)")
