@@ -1,15 +1,15 @@
 """image_qos_reliability auto over real DDS, with a camera publisher as a stock driver starts.
 
 The node (config/tiny.yaml, its default image_qos_reliability auto, its own Fast DDS
-setting as vlm3r-node picks it) runs in one process; test/fixtures/stock_camera_publisher.py
-publishes 640x480 rgb8 (900 KiB, more than Fast DDS's default 512 KiB shared-memory segment)
+setting as vlm3r-node picks it) runs in one process; test/fixtures/node_image_publisher.py
+--stock publishes 640x480 rgb8 (900 KiB, more than Fast DDS's default 512 KiB shared-memory segment)
 from another with Fast DDS's defaults (no profile file, no FASTDDS_* variables). The node
 starts before the camera, so it must re-check the topic's publishers when one appears:
 
 * a reliable publisher (usb_cam's and most drivers' default): the node re-subscribes
   reliably, and every frame arrives;
 * a best-effort publisher: the node follows it (a reliable subscription would match
-  nothing), the large frames are lost in transport (measured before: 0 to 3 of 40 arrive),
+  nothing), the large frames are lost in transport (measured: 0 to 12 of 40 arrive),
   and the node says so, with the fix, in its log and on /diagnostics (rclpy's
   message_lost event counts them). Should a future Fast DDS deliver them, the loss
   assertion fails and README's "QoS and transport" needs rewriting.
@@ -21,13 +21,12 @@ import time
 from pathlib import Path
 
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_srvs.srv import Trigger
 
 from vlm3r_ros.msg import SpatialState
+from vlm3r_ros.ros.demo_client import DemoClient
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
 
@@ -51,17 +50,14 @@ def node_proc(start_child, tmp_path_factory):
         node.stop()
 
 
-class Watcher:
-    """~/state and /diagnostics of the node, and its ~/reset."""
+class Watcher(DemoClient):
+    """The demo's ROS client (its executor and bounded waits) plus the node's ~/state,
+    /diagnostics and ~/reset."""
 
     def __init__(self, node_proc):
+        super().__init__()
         self.node_proc = node_proc
-        self.context = rclpy.Context()
-        rclpy.init(args=None, context=self.context)
-        self.node = rclpy.create_node('vlm3r_qos_test_watcher', context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.states, self.diagnostics = [], []
+        self.diagnostics = []
         self.node.create_subscription(SpatialState, f'{NODE}/state', self.states.append, STATE_QOS)
         self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 50)
         self.reset_client = self.node.create_client(Trigger, f'{NODE}/reset')
@@ -71,19 +67,8 @@ class Watcher:
             if status.name.startswith(NODE):
                 self.diagnostics.append((status.level, status.message, {kv.key: kv.value for kv in status.values}))
 
-    def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
-
-    def spin_until(self, done, what, timeout=WAIT_S):
-        deadline = time.monotonic() + timeout
-        while not done():
-            if not self.node_proc.running():
-                pytest.fail(f'{what}: the node exited. {self.node_proc.describe()}')
-            if time.monotonic() > deadline:
-                pytest.fail(f'{what}: not done after {timeout} s. Node {self.node_proc.describe()}')
-            self.executor.spin_once(timeout_sec=0.05)
+    def wait(self, done, what, timeout=WAIT_S):
+        self.spin_until(done, timeout, [self.node_proc], what)
 
     @property
     def state(self):
@@ -96,16 +81,16 @@ class Watcher:
     def run_camera(self, spawn_python, reliability):
         """Start the stock camera, wait until it has published and the node settled; returns
         (frames received by the node, the camera's output)."""
-        self.spin_until(lambda: self.state is not None, 'the node is up (~/state)')
+        self.wait(lambda: self.state is not None, 'the node is up (~/state)')
         before = self.state.frames_received
-        camera = spawn_python('stock_camera_publisher.py', f'{NS}/image', COUNT, RATE_HZ, WIDTH, HEIGHT,
-                              reliability, reliability)
-        self.spin_until(lambda: not camera.running(), f'the {reliability} camera finishes', timeout=WAIT_S + 30)
+        camera = spawn_python('node_image_publisher.py', f'{NS}/image', COUNT, RATE_HZ, WIDTH, HEIGHT, reliability,
+                              '--stock', '--wait-for', reliability)
+        self.wait(lambda: not camera.running(), f'the {reliability} camera finishes', timeout=WAIT_S + 30)
         assert camera.returncode == 0, camera.describe()  # 3: the node never subscribed with that reliability
         end = time.monotonic() + 3.0  # the last frames in flight reach ~/state
         while time.monotonic() < end:
             self.executor.spin_once(timeout_sec=0.05)
-        self.spin_until(self.settled, 'frames settled')
+        self.wait(self.settled, 'frames settled')
         return self.state.frames_received - before, camera.output()
 
 
@@ -125,7 +110,7 @@ def test_reliable_stock_camera_every_frame_arrives(watcher, spawn_python):
     assert received == COUNT, f'{received} of {COUNT} frames arrived'
     log = watcher.node_proc.output()
     assert 'now subscribed reliable (auto: the publisher offers reliable)' in log, log[-3000:]
-    watcher.spin_until(lambda: watcher.diagnostics and watcher.diagnostics[-1][2].get('image_qos') == 'reliable',
+    watcher.wait(lambda: watcher.diagnostics and watcher.diagnostics[-1][2].get('image_qos') == 'reliable',
                        '/diagnostics shows the reliable choice')
     values = watcher.diagnostics[-1][2]
     assert values['image_qos_reason'] == 'auto: the publisher offers reliable'
@@ -133,15 +118,15 @@ def test_reliable_stock_camera_every_frame_arrives(watcher, spawn_python):
 
 
 def test_best_effort_stock_camera_loss_is_reported_with_the_fix(watcher, spawn_python):
-    watcher.spin_until(watcher.reset_client.service_is_ready, '~/reset available')
+    watcher.wait(watcher.reset_client.service_is_ready, '~/reset available')
     reset = watcher.reset_client.call_async(Trigger.Request())  # a new segment: the stamps start again
-    watcher.spin_until(reset.done, 'reset')
+    watcher.wait(reset.done, 'reset')
     received, camera_output = watcher.run_camera(spawn_python, 'best_effort')
     lost = int(watcher.diagnostics[-1][2]['frames_lost_in_transport']) if watcher.diagnostics else 0
     print(f'\nbest-effort stock publisher, 640x480 rgb8: {received} of {COUNT} frames received, '
           f'{lost} reported lost')
     assert 'best_effort subscription matched' in camera_output  # the node followed the publisher
-    watcher.spin_until(lambda: any('lost in transport' in message for _, message, _ in watcher.diagnostics),
+    watcher.wait(lambda: any('lost in transport' in message for _, message, _ in watcher.diagnostics),
                        'a /diagnostics warning about frames lost in transport')
     level, message, values = next(d for d in reversed(watcher.diagnostics) if 'lost in transport' in d[1])
     assert level == DiagnosticStatus.WARN
