@@ -48,7 +48,8 @@ def test_parameter_table_is_consistent():
     settings = {f for f in NodeSettings.__dataclass_fields__}
     assert settings == {p.name for p in PARAMETERS if p.read_only} - {'autostart'}
     dynamic = {p.name for p in PARAMETERS if not p.read_only}
-    assert dynamic == {'world_frame_id', 'path_max_length', 'publish_points', 'points_max'}
+    assert dynamic == {'world_frame_id', 'path_max_length', 'publish_points', 'points_max', 'points_period',
+                       'points_every_n_frames'}
 
 
 @pytest.mark.parametrize('name, value, message', [

@@ -124,14 +124,16 @@ class SpatialEngine:
         self._stats = EngineStats(window_capacity=self.config.window_capacity)
 
     # ---------------------------------------------------------------- ingest
-    def ingest(self, image, stamp_ns: int) -> IngestResult:
-        """Process one RGB uint8 (H, W, 3) frame. Raises EngineError(BAD_IMAGE) for bad input."""
+    def ingest(self, image, stamp_ns: int, *, points: bool | None = None) -> IngestResult:
+        """Process one RGB uint8 (H, W, 3) frame. Raises EngineError(BAD_IMAGE) for bad input.
+
+        With geometry, ``points=False`` skips this frame's world points (the pose still comes)."""
         with self._lock:
             if self.config.auto_reset_frames and self._stats.segment_frames >= self.config.auto_reset_frames:
                 self._reset_locked()
             stream, segment = self._stream, self._stats.segment_id
         try:
-            features = self.pipeline.ingest(image, stream)  # the model runs outside the lock
+            features = self.pipeline.ingest(image, stream, points=points)  # the model runs outside the lock
         except (ImageFormatError, Vlm3rInputError, ValueError) as exc:
             raise EngineError("BAD_IMAGE", str(exc)) from None
         geometry = (features.points_world, features.colors, features.confidence)

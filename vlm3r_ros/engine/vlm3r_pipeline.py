@@ -74,12 +74,23 @@ class Vlm3rPipeline:
         return Cut3rStream(self.cut3r, preprocessing="vlm3r")
 
     # ------------------------------------------------------------ per frame
+    def geometry_heads(self, points: bool | None = None) -> tuple[str, ...]:
+        """CUT3R head outputs a frame needs: none without geometry; else the pose, plus the world
+        points unless ``points`` is False. Never the self-view or rgb heads: nothing here uses them."""
+        if not self.with_geometry:
+            return ()
+        return ("pose", "world_points") if points is None or points else ("pose",)
+
     @torch.inference_mode()
-    def ingest(self, image, stream: Cut3rStream) -> FrameFeatures:
-        """One RGB uint8 (H, W, 3) frame -> its visual tokens; advances ``stream``'s CUT3R state."""
+    def ingest(self, image, stream: Cut3rStream, *, points: bool | None = None) -> FrameFeatures:
+        """One RGB uint8 (H, W, 3) frame -> its visual tokens; advances ``stream``'s CUT3R state.
+
+        With geometry, the pose comes with every frame; ``points=False`` skips this frame's
+        world points (the dense head), ``None``/``True`` computes them.
+        """
         start = time.perf_counter()
         siglip = preprocess_siglip(image)  # (3, 384, 384), validates the image
-        step = stream.step(siglip_to_cut3r(siglip), with_heads=self.with_geometry)
+        step = stream.step(siglip_to_cut3r(siglip), heads=self.geometry_heads(points))
         pooled = self.vlm.frame_features(siglip[None], step.camera_token[None], step.patch_tokens[None])[0]
         if pooled.device.type == "cuda":
             torch.cuda.synchronize(pooled.device)  # so ingest_seconds covers the VLM half too
@@ -87,8 +98,9 @@ class Vlm3rPipeline:
         if step.heads is not None:
             h = step.heads
             features.c2w = h.camera_c2w[0]
-            features.points_world, features.confidence = h.pts3d_in_other_view[0], h.conf[0]
-            features.colors = step.image.permute(1, 2, 0)
+            if h.pts3d_in_other_view is not None:
+                features.points_world, features.confidence = h.pts3d_in_other_view[0], h.conf[0]
+                features.colors = step.image.permute(1, 2, 0)
         return features
 
     # ---------------------------------------------------------- per question

@@ -60,6 +60,7 @@ from std_srvs.srv import Trigger
 
 from vlm3r_ros.engine.devices import resolve_device
 from vlm3r_ros.engine.loading import LoadError, ModelSource, load_models, resolve_dtype
+from vlm3r_ros.engine.points_schedule import PointsSchedule
 from vlm3r_ros.engine.spatial_engine import EngineConfig, EngineError, SpatialEngine
 from vlm3r_ros.models.vlm.config import Vlm3rConfigError, parse_config_overrides
 from vlm3r_ros.msg import SpatialState
@@ -116,8 +117,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "'float32', 'float16' or 'bfloat16'.", choices=("auto", "float32", "float16", "bfloat16")),
     ParamSpec("torch_threads", 0, "CPU threads for torch (torch.set_num_threads) in this process; 0 keeps "
               "torch's default.", int_range=(0, 256)),
-    ParamSpec("geometry", True, "Run CUT3R's heads on every frame: camera pose (~/pose, ~/path, state "
-              "camera_pose) and points (~/points). Off: tokens only, a little faster."),
+    ParamSpec("geometry", True, "Run CUT3R's geometry: the camera pose on every frame (~/pose, ~/path, state "
+              "camera_pose) and the world points (~/points) on the frames whose points are published (see "
+              "points_period). Off: tokens only."),
     # -- memory window (SpatialEngine)
     ParamSpec("window_capacity", _ENGINE_DEFAULTS.window_capacity, "Most frames kept in the memory window "
               "that questions read; the oldest are forgotten first.", int_range=(1, 100_000)),
@@ -147,6 +149,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "points).", read_only=False),
     ParamSpec("points_max", 5000, "Most points per ~/points cloud (regular decimation).", read_only=False,
               int_range=(1, 1_000_000)),
+    ParamSpec("points_period", 0.0, "Least input-stamp seconds between two ~/points clouds; the dense points "
+              "head runs only on those frames (the pose still goes out with every frame). 0: no time limit. "
+              "E.g. 1.0 at 4 Hz input computes points on every 4th frame: a cheaper step, a cloud that lags "
+              "the camera by up to a second.", read_only=False, float_range=(0.0, 3600.0)),
+    ParamSpec("points_every_n_frames", 1, "Compute and publish ~/points on at most every n-th processed frame "
+              "(with points_period, both must hold). 1: every frame.", read_only=False, int_range=(1, 100_000)),
     ParamSpec("state_period", 0.5, "Seconds between ~/state messages when no frame comes (one is also "
               "published after every processed frame).", float_range=(0.01, 60.0)),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", float_range=(0.1, 60.0)),
@@ -398,6 +406,7 @@ class SpatialNode(LifecycleNode):
         self._path = collections.deque(maxlen=_SPECS["path_max_length"].default)
         self._path_key = None  # (segment id, world frame) of the poses in _path
         self._last_pose = Pose()
+        self._points_schedule = PointsSchedule()  # which frames run the dense points head
         self._last_processed_stamp_ns = 0
         self._diag_prev = (time.monotonic(), 0, 0, 0)
         self._lifecycle_label = "unconfigured"  # kept here: rclpy has no public getter
@@ -640,8 +649,10 @@ class SpatialNode(LifecycleNode):
         engine = self._engine
         if engine is None:
             return
+        points = self._param("publish_points") and self._points_schedule.due(
+            frame.stamp_ns, self._param("points_period"), self._param("points_every_n_frames"))
         try:
-            result = engine.ingest(frame.rgb, frame.stamp_ns)
+            result = engine.ingest(frame.rgb, frame.stamp_ns, points=points)
         except EngineError as exc:
             self._reject(exc.message, frame.camera_frame_id)
             return
@@ -667,7 +678,8 @@ class SpatialNode(LifecycleNode):
                 path = Path(header=conversions.header(frame.stamp_ns, world), poses=list(self._path))
                 self._last_pose = pose
             self._pubs["path"].publish(path)
-        points = result.points_world  # None unless geometry output is on
+        points = result.points_world  # None unless geometry is on and this frame's points were asked for
+        self._points_schedule.record(frame.stamp_ns, points is not None)
         if points is not None and self._param("publish_points"):
             xyz, rgb = conversions.decimate_points(points, result.colors, max_points=self._param("points_max"),
                                                    confidence=result.confidence, min_confidence=POINTS_MIN_CONFIDENCE)
@@ -810,6 +822,7 @@ class SpatialNode(LifecycleNode):
             self._counters.last_enqueued_stamp_ns = 0
             self._path.clear()
             self._last_pose = Pose()
+        self._points_schedule.reset()  # the new segment's first frame gets points
         self._publish_state()
         response.success = True
         response.message = f"segment {segment} started: the memory window is empty"

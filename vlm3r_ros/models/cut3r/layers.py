@@ -17,6 +17,31 @@ def layer_norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=LN_EPS)
 
 
+class Cut3rTensorCache:
+    """A small first-in-first-out cache of tensors built from a hashable key.
+
+    Plain dict operations only (atomic under the GIL), so the model stays deep-copyable and
+    a second thread at worst rebuilds an entry. Cached tensors are shared: never change one
+    in place.
+    """
+
+    def __init__(self, size: int = 32):
+        self.size = size
+        self._store: dict = {}
+
+    def get(self, key, make):
+        value = self._store.get(key)
+        if value is None:
+            value = make()
+            if len(self._store) >= self.size:
+                self._store.pop(next(iter(self._store), None), None)
+            self._store[key] = value
+        return value
+
+    def clear(self) -> None:
+        self._store.clear()
+
+
 class Cut3rRoPE2D(nn.Module):
     """2-D rotary position embedding with the arithmetic of the official cuRoPE2D kernel.
 
@@ -24,20 +49,40 @@ class Cut3rRoPE2D(nn.Module):
     Channels ``[0, D/2)`` rotate with the token's row, ``[D/2, D)`` with its column; within
     each half channel j pairs with channel j+Q (rotate-half). The maths is float32 and the
     result is rounded once to the input dtype.
+
+    The cos/sin tables depend only on the positions, Q and the device; they are computed
+    once per positions tensor and kept (float32, whatever the token dtype, so the result is
+    bit-identical to computing them on every call). The key is the positions tensor itself
+    (its storage, shape and strides; the entry holds a reference, so no other tensor can
+    take that storage while it is cached): positions must not be changed in place after
+    use. The model's own positions are cached tensors that never are.
     """
 
     def __init__(self, base: float = 100.0):
         super().__init__()
         self.base = float(base)
+        self.tables = Cut3rTensorCache()
+
+    def cos_sin(self, positions: torch.Tensor, q: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, 2) integer positions -> cos and sin, each (B, 1, N, 2, Q) float32."""
+        inference = torch.is_inference_mode_enabled()  # inference tensors must not leak into autograd
+        version = 0 if positions.is_inference() else positions._version
+        key = (positions.data_ptr(), tuple(positions.shape), positions.stride(), version, positions.device,
+               q, device, inference)
+
+        def make():
+            exponent = torch.arange(q, dtype=torch.float32, device=device) / q
+            inv_freq = 1.0 / torch.pow(torch.tensor(self.base, dtype=torch.float32, device=device), exponent)
+            angles = positions.to(device=device, dtype=torch.float32)[:, None, :, :, None] * inv_freq
+            return positions, angles.cos(), angles.sin()  # (B, 1, N, 2, Q); positions pinned while cached
+
+        _, cos, sin = self.tables.get(key, make)
+        return cos, sin
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         # tokens: (B, heads, N, D); positions: (B, N, 2) integer (row, col)
-        head_dim = tokens.shape[-1]
-        q = head_dim // 4
-        exponent = torch.arange(q, dtype=torch.float32, device=tokens.device) / q
-        inv_freq = 1.0 / torch.pow(torch.tensor(self.base, dtype=torch.float32, device=tokens.device), exponent)
-        angles = positions.to(torch.float32)[:, None, :, :, None] * inv_freq  # (B, 1, N, 2, Q)
-        cos, sin = angles.cos(), angles.sin()
+        q = tokens.shape[-1] // 4
+        cos, sin = self.cos_sin(positions, q, tokens.device)
         x = tokens.float().unflatten(-1, (2, 2, q))  # (B, heads, N, row|col, u|v, Q)
         u, v = x[..., 0, :], x[..., 1, :]
         rotated = torch.stack((u * cos - v * sin, v * cos + u * sin), dim=-2)
