@@ -29,9 +29,12 @@ QWEN2_0_5B = Qwen2Settings(hidden_size=896, intermediate_size=4864, num_hidden_l
 
 
 @torch.no_grad()
-def random_vlm3r(config: Vlm3rConfig = TINY_VLM3R, seed: int = 0):
-    """A VLM-3R model with seeded random weights (torch's default init + a random newline), eval mode."""
+def random_vlm3r(config: Vlm3rConfig = TINY_VLM3R, seed: int = 0, device: str | torch.device = "cpu"):
+    """A VLM-3R model with seeded random weights (torch's default init + a random newline), eval mode.
+
+    The weights are drawn on ``device`` (a 7B model initialises in seconds on a GPU)."""
     torch.manual_seed(seed)
-    model = Vlm3rModel(config)
+    with torch.device(device):
+        model = Vlm3rModel(config)
     model.image_newline.normal_(0.0, 0.02)
     return model.eval().requires_grad_(False)
