@@ -190,10 +190,9 @@ class StageTimer:
         self._handles.append(module.register_forward_pre_hook(lambda *_: self._start(stage)))
         self._handles.append(module.register_forward_hook(lambda *_: self._stop(stage)))
 
-    def take(self) -> dict[str, float]:
-        """Wall seconds per stage since the last take."""
-        out = {k: v[0] for k, v in self.totals.items()}
-        self.totals = {}
+    def take(self) -> dict[str, list[float]]:
+        """[wall, CPU] seconds per stage since the last take."""
+        out, self.totals = self.totals, {}
         return out
 
 
@@ -325,7 +324,7 @@ def spawn(args, child: list[str], rounds: int, frames_file: str) -> dict:
     return result
 
 
-def summarise(result: dict) -> list[dict]:
+def summarise(result: dict, clock: str = "wall") -> list[dict]:
     """One dict per variant: medians, contention, stages, same-run ratios."""
     rows = result["rows"]
     threads = result["threads"]
@@ -335,31 +334,32 @@ def summarise(result: dict) -> list[dict]:
     out = []
     for key, row in rows.items():
         wall, cpu = statistics.median(row["wall"]), statistics.median(row["cpu"])
-        stages = {s: statistics.median(st.get(s, 0.0) for st in row["stages"]) for s in (*STAGES, "rope")}
+        col = 0 if clock == "wall" else 1
+        stages = {s: statistics.median(st.get(s, [0.0, 0.0])[col] for st in row["stages"]) for s in (*STAGES, "rope")}
         load = cpu / wall / threads if wall > 0 else float("nan")
         summary = {"variant": key, "wall": wall, "cpu": cpu, "cpu_per_wall": cpu / wall, "busy": load,
                    "contended": load < CONTENTION_FRACTION, "stages": stages,
-                   "other": wall - sum(stages[s] for s in STAGES)}
+                   "other": (wall if clock == "wall" else cpu) - sum(stages[s] for s in STAGES)}
         for name, base in (("vs_all", baseline), ("vs_tokens", tokens_base)):
             if base:
-                summary[name] = statistics.median(a / b for a, b in zip(row["wall"], rows[base]["wall"]))
+                summary[name] = statistics.median(a / b for a, b in zip(row[clock], rows[base][clock]))
                 summary[name + "_cpu"] = statistics.median(a / b for a, b in zip(row["cpu"], rows[base]["cpu"]))
         out.append(summary)
     if "new:pose" in rows and "new:points" in rows and baseline:
         # pose every frame, points every 4th frame (points_period 1 s at 4 Hz input)
-        mix = [(3 * p + q) / 4 / b for p, q, b in zip(rows["new:pose"]["wall"], rows["new:points"]["wall"],
-                                                     rows[baseline]["wall"])]
+        mix = [(3 * p + q) / 4 / b for p, q, b in zip(rows["new:pose"][clock], rows["new:points"][clock],
+                                                     rows[baseline][clock])]
         out.append({"variant": "new:pose+points/4", "vs_all": statistics.median(mix)})
     return out
 
 
-def print_result(result: dict) -> None:
+def print_result(result: dict, clock: str = "wall") -> None:
     w, h = result["size"]
     print(f"\n{result['arch']} at {w}x{h} ({result['tokens'][0]} decoder tokens), {result['device']} "
           f"{result['dtype']}, {result['threads']} threads, {result['rounds']} rounds; "
           f"{result['n_params'] / 1e6:,.0f} M params ({result['param_bytes'] / 2**20:,.0f} MiB), "
           f"peak RSS {result['peak_rss_mib']:,.0f} MiB, build {result['build_s']:.0f} s")
-    summaries = summarise(result)
+    summaries = summarise(result, clock)
     names = ("encoder", "decoder", "pose_memory", "pose_head", "modulation", "dpt_world", "dpt_self", "dpt_rgb")
     header = (f"{'variant':<20} {'wall s':>8} {'CPU s':>8} {'CPU/wall':>9}  "
               + " ".join(f"{n:>11}" for n in names) + f" {'other':>7} {'RoPE(in)':>9} {'x all':>7} {'x tokens':>8}")
@@ -377,8 +377,9 @@ def print_result(result: dict) -> None:
               + " ".join(f"{s['stages'][n]:>11.3f}" for n in names)
               + f" {s['other']:>7.3f} {s['stages']['rope']:>9.3f} {s.get('vs_all', float('nan')):>7.3f} "
                 f"{s.get('vs_tokens', float('nan')):>8.3f}")
-    print("(stage columns: median wall seconds per step; RoPE runs inside encoder/decoder/modulation; "
-          "x all / x tokens: median per-round wall ratio against the baseline code's all-heads / tokens step)")
+    print(f"(stage columns: median {clock} seconds per step; RoPE runs inside encoder/decoder/modulation; "
+          f"x all / x tokens: median per-round {clock}-time ratio against the baseline code's all-heads / "
+          f"tokens step)")
     cpu_ratios = ", ".join(f"{s['variant']} {s['vs_all_cpu']:.3f}" for s in summaries if "vs_all_cpu" in s)
     if cpu_ratios:
         print(f"CPU-time ratios vs the all-heads baseline: {cpu_ratios}")
@@ -403,7 +404,10 @@ def run_parent(args) -> int:
         np.save(frames_file, np.stack(generate_sequence(N_SOURCE_FRAMES)))
         for config_key in args.configs:
             rounds = args.full_frames if config_key == "full" else args.frames
-            print_result(spawn(args, ["--child", config_key], rounds, frames_file))
+            result = spawn(args, ["--child", config_key], rounds, frames_file)
+            if args.save:
+                Path(args.save).write_text(json.dumps(result))
+            print_result(result, args.clock)
         if args.steady_frames >= 2:
             t = spawn(args, ["--steady-child"], args.steady_frames, frames_file)["times"]
             k = min(5, len(t) // 2)
@@ -428,6 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="per-stage columns in wall (default) or CPU seconds (steadier on a shared machine)")
+    parser.add_argument("--save", help="also write the last configuration's raw result (JSON) here")
+    parser.add_argument("--load", help="print the table of a result saved with --save, and exit")
     parser.add_argument("--child", choices=list(ARCHS), help=argparse.SUPPRESS)
     parser.add_argument("--steady-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=2, help=argparse.SUPPRESS)
@@ -445,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if not torch.cuda.is_available():
             parser.error(f"--device {args.device}: CUDA is not available to this torch ({torch.__version__})")
+    if args.load:
+        print_result(json.loads(Path(args.load).read_text()), args.clock)
+        return 0
     if args.steady_child:
         return run_steady_child(args)
     return run_child(args) if args.child else run_parent(args)
