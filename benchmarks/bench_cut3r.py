@@ -223,7 +223,8 @@ def run_child(args) -> int:
     t0 = time.perf_counter()
     model = build_random(arch, device, dtype)
     build_seconds = time.perf_counter() - t0
-    variants = [("new", mode, model) for mode in args.modes]
+    variants = [(f"new/{kernel}" if kernel != "onednn" else "new", mode, model)
+                for kernel in args.new_kernels for mode in args.modes]
     if args.ref:
         ref = ref_model_sharing_weights(load_ref_package(args.ref), model)
         variants = [(args.ref, mode, ref) for mode in REF_MODES] + variants
@@ -244,13 +245,15 @@ def run_child(args) -> int:
         t.take()
 
     rows = {f"{code}:{mode}": {"wall": [], "cpu": [], "stages": []} for code, mode, _ in variants}
-    identical = {}
+    identical, max_rel = {}, {}
     for r in range(args.rounds):
         frame = pixels[(r + 1) % len(pixels)][None]
         first = {}  # output name -> the first variant's value this round
         for code, mode, m in variants:
             if sync:
                 sync()
+            if code.startswith("new"):
+                m.set_linear_kernel(code.split("/")[1] if "/" in code else "onednn")
             wall0, cpu0 = time.perf_counter(), time.process_time()
             out, _ = m.step(state, frame, **_step_kwargs(m, mode))
             if sync:
@@ -259,15 +262,22 @@ def run_child(args) -> int:
             row["wall"].append(time.perf_counter() - wall0)
             row["cpu"].append(time.process_time() - cpu0)
             row["stages"].append(timers[id(m)].take())
+            # bit-identity within one arithmetic (same linear kernel); the largest difference across
+            group = "onednn" if code == "new" else "default"
             for name, value in _outputs(out, out.heads).items():
-                if name in first:
-                    identical[name] = identical.get(name, True) and bool(torch.equal(value, first[name]))
+                key = f"{group}/{name}"
+                if key in first:
+                    identical[key] = identical.get(key, True) and bool(torch.equal(value, first[key]))
                 else:
-                    first[name] = value
+                    first[key] = value
+                other = first.get(f"{'default' if group == 'onednn' else 'onednn'}/{name}")
+                if other is not None:
+                    rel = float(((value - other).abs() / (1e-2 + 1e-2 * other.abs())).max())
+                    max_rel[name] = max(max_rel.get(name, 0.0), rel)
     result = {
         "config": config_key, "arch": arch, "size": list(args.size), "rounds": args.rounds,
         "threads": torch.get_num_threads(), "device": str(device), "dtype": args.dtype, "rows": rows,
-        "identical": identical, "build_s": build_seconds,
+        "identical": identical, "max_robust_ratio_onednn_vs_default": max_rel, "build_s": build_seconds,
         "n_params": sum(p.numel() for p in model.parameters()),
         "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
         "rss_start_mib": rss_start, "rss_loaded_mib": rss_loaded,
@@ -313,6 +323,7 @@ def spawn(args, child: list[str], rounds: int, frames_file: str) -> dict:
         cmd += ["--threads", str(args.threads)]
     if args.ref:
         cmd += ["--ref", args.ref]
+    cmd += ["--new-kernels", ",".join(args.new_kernels)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
@@ -329,8 +340,8 @@ def summarise(result: dict, clock: str = "wall") -> list[dict]:
     rows = result["rows"]
     threads = result["threads"]
     baselines = [k for k in (f"{k.split(':')[0]}:all" for k in rows) if k in rows]
-    baseline = next((k for k in baselines if not k.startswith("new:")), baselines[0] if baselines else None)
-    tokens_base = next((k for k in rows if k.endswith(":tokens") and not k.startswith("new:")), None)
+    baseline = next((k for k in baselines if not k.startswith("new")), baselines[0] if baselines else None)
+    tokens_base = next((k for k in rows if k.endswith(":tokens") and not k.startswith("new")), None)
     out = []
     for key, row in rows.items():
         wall, cpu = statistics.median(row["wall"]), statistics.median(row["cpu"])
@@ -385,7 +396,12 @@ def print_result(result: dict, clock: str = "wall") -> None:
         print(f"CPU-time ratios vs the all-heads baseline: {cpu_ratios}")
     same = result["identical"]
     if same:
-        print("outputs identical across variants: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()))
+        print("outputs bit-identical across the variants of one linear kernel: "
+              + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()))
+    rel = result.get("max_robust_ratio_onednn_vs_default")
+    if rel:
+        print("oneDNN vs default kernel, max |diff| / (1e-2 + 1e-2 |default|) (the fixtures' robust bound is 1): "
+              + ", ".join(f"{k} {v:.3g}" for k, v in rel.items()))
     if warned:
         print(f"WARNING: rows marked ! used less than {CONTENTION_FRACTION:.0%} of {result['threads']} threads "
               f"(CPU/wall): other processes share the cores; use the same-run ratios, not the times")
@@ -432,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--new-kernels", default="onednn",
+                        help="linear kernels of the new code to run, comma list of onednn (the default, shown "
+                             "as 'new') and default (torch's MKL GEMM, shown as 'new/default')")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="per-stage columns in wall (default) or CPU seconds (steadier on a shared machine)")
     parser.add_argument("--save", help="also write the last configuration's raw result (JSON) here")
@@ -443,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.configs = [c for c in args.configs.split(",") if c]
     args.modes = [m for m in args.modes.split(",") if m]
+    args.new_kernels = [k for k in args.new_kernels.split(",") if k]
+    if set(args.new_kernels) - {"onednn", "default"}:
+        parser.error(f"--new-kernels takes onednn and/or default, got {args.new_kernels}")
     bad = [c for c in args.configs if c not in ARCHS] + [m for m in args.modes if m not in MODES]
     if bad:
         parser.error(f"unknown configuration or mode {bad}; configurations: {list(ARCHS)}, modes: {list(MODES)}")

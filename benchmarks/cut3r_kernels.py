@@ -40,18 +40,14 @@ for path in (ROOT, ROOT / "benchmarks"):
 VARIANTS = ("bf16", "compile", "sdpa_math", "onednn_linear", "channels_last")
 
 
-class OneDnnLinear:
-    """Route a Linear's forward through oneDNN's fp32 GEMM (a forward override, weights unchanged)."""
+def use_onednn_linear(module):
+    """Every Cut3rLinear of ``module`` on oneDNN's fp32 GEMM (the model's set_linear_kernel('onednn'))."""
+    from vlm3r_ros.models.cut3r.layers import Cut3rLinear
 
-    @staticmethod
-    def apply(module):
-        import torch
-
-        for sub in module.modules():
-            if isinstance(sub, torch.nn.Linear):
-                sub.forward = (lambda m: lambda x: torch.ops.mkldnn._linear_pointwise(
-                    x, m.weight, m.bias, "none", [], ""))(sub)
-        return module
+    for sub in module.modules():
+        if isinstance(sub, Cut3rLinear):
+            sub.onednn = True
+    return module
 
 
 def transform(variant: str, module, *, is_model: bool = False):
@@ -74,7 +70,7 @@ def transform(variant: str, module, *, is_model: bool = False):
             return m, torch.float32
         return torch.compile(m, dynamic=False), torch.float32
     if variant == "onednn_linear":
-        return OneDnnLinear.apply(m), torch.float32
+        return use_onednn_linear(m), torch.float32
     if variant == "channels_last":
         return m.to(memory_format=torch.channels_last), torch.float32
     return m, torch.float32  # sdpa_math and the baseline change no weights

@@ -17,6 +17,29 @@ def layer_norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=LN_EPS)
 
 
+class Cut3rLinear(nn.Linear):
+    """``nn.Linear`` that can run CPU float32 inference on oneDNN's GEMM instead of MKL's.
+
+    On this project's AVX-512 CPU (AMD) oneDNN's float32 GEMM is faster than MKL's, with the
+    same float32 arithmetic in another summation order (relative differences ~1e-6; the
+    parity fixtures' rule holds: docs/cut3r.md). Off unless ``onednn`` is set (the model's
+    :meth:`Cut3rModel.set_linear_kernel`); never used for other devices or dtypes, nor when
+    autograd records (the oneDNN op has no backward).
+    """
+
+    onednn = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.onednn and x.device.type == "cpu" and x.dtype == torch.float32 == self.weight.dtype
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return super().forward(x)
+
+
+def onednn_linear_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 class Cut3rTensorCache:
     """A small first-in-first-out cache of tensors built from a hashable key.
 
@@ -92,9 +115,9 @@ class Cut3rRoPE2D(nn.Module):
 class Cut3rMlp(nn.Module):
     def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None):
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc1 = Cut3rLinear(in_features, hidden_features)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, out_features or in_features)
+        self.fc2 = Cut3rLinear(hidden_features, out_features or in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -122,8 +145,8 @@ class Cut3rAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Cut3rLinear(dim, dim * 3, bias=True)
+        self.proj = Cut3rLinear(dim, dim)
         self.rope = rope
         self.round_qk_fp16 = round_qk_fp16
 
@@ -142,10 +165,10 @@ class Cut3rCrossAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.projq = nn.Linear(dim, dim, bias=True)
-        self.projk = nn.Linear(dim, dim, bias=True)
-        self.projv = nn.Linear(dim, dim, bias=True)
-        self.proj = nn.Linear(dim, dim)
+        self.projq = Cut3rLinear(dim, dim, bias=True)
+        self.projk = Cut3rLinear(dim, dim, bias=True)
+        self.projv = Cut3rLinear(dim, dim, bias=True)
+        self.proj = Cut3rLinear(dim, dim)
         self.rope = rope
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
@@ -205,7 +228,7 @@ class Cut3rModLN(nn.Module):
     def __init__(self, dim: int, cond_dim: int):
         super().__init__()
         self.norm = layer_norm(dim)
-        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 2 * dim))
+        self.mlp = nn.Sequential(nn.SiLU(), Cut3rLinear(cond_dim, 2 * dim))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         shift, scale = self.mlp(cond).chunk(2, dim=-1)  # (B, D) each

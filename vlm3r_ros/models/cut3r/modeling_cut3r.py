@@ -22,7 +22,8 @@ import torch.nn as nn
 
 from .config import Cut3rConfig
 from .heads import HEAD_OUTPUTS, Cut3rDPTHead, Cut3rLinearHead, pose_to_c2w
-from .layers import Cut3rDecoderBlock, Cut3rEncoderBlock, Cut3rRoPE2D, Cut3rTensorCache, layer_norm
+from .layers import (Cut3rDecoderBlock, Cut3rEncoderBlock, Cut3rLinear, Cut3rRoPE2D, Cut3rTensorCache,
+                     layer_norm, onednn_linear_available)
 
 
 class Cut3rInputError(ValueError):
@@ -99,7 +100,7 @@ class Cut3rPoseRetriever(nn.Module):
         super().__init__()
         d = cfg.dec_embed_dim
         self.dim = d
-        self.proj_q = nn.Linear(cfg.enc_embed_dim, d)
+        self.proj_q = Cut3rLinear(cfg.enc_embed_dim, d)
         self.masked_token = nn.Parameter(torch.zeros(1, 1, d))
         self.mem = nn.Parameter(torch.zeros(1, cfg.local_mem_size, 2 * d))
         self.write_blocks = nn.ModuleList([Cut3rDecoderBlock(2 * d, cfg.dec_num_heads, 4.0, None) for _ in range(2)])
@@ -147,14 +148,14 @@ class Cut3rModel(nn.Module):
         ])
         self.enc_norm_ray_map = layer_norm(enc)
 
-        self.decoder_embed = nn.Linear(enc, dec)
+        self.decoder_embed = Cut3rLinear(enc, dec)
         self.dec_blocks = nn.ModuleList([
             Cut3rDecoderBlock(dec, cfg.dec_num_heads, cfg.mlp_ratio, rope) for _ in range(cfg.dec_depth)
         ])
         self.dec_norm = layer_norm(dec)
         self.pose_retriever = Cut3rPoseRetriever(cfg)
         self.register_tokens = nn.Embedding(cfg.state_size, enc)
-        self.decoder_embed_state = nn.Linear(enc, dec)
+        self.decoder_embed_state = Cut3rLinear(enc, dec)
         self.dec_blocks_state = nn.ModuleList([
             Cut3rDecoderBlock(dec, cfg.state_dec_num_heads, cfg.mlp_ratio, rope) for _ in range(cfg.dec_depth)
         ])
@@ -162,6 +163,8 @@ class Cut3rModel(nn.Module):
         head_cls = Cut3rDPTHead if cfg.head_type == "dpt" else Cut3rLinearHead
         self.downstream_head = head_cls(cfg, rope)
         self.positions = Cut3rTensorCache()  # state and decoder positions, reused so RoPE tables are too
+        # CPU float32 linears on oneDNN: ~10 % faster steps here, parity kept (docs/cut3r.md)
+        self.set_linear_kernel("onednn")
 
     # ------------------------------------------------------------------ state
     @property
@@ -202,6 +205,18 @@ class Cut3rModel(nn.Module):
         mem = self.pose_retriever.mem.expand(batch_size, -1, -1)
         steps = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         return Cut3rState(state.clone(), mem.clone(), steps)
+
+    def set_linear_kernel(self, kernel: str) -> str:
+        """``"onednn"``: CPU float32 linear layers on oneDNN's GEMM (see :class:`Cut3rLinear`);
+        ``"default"``: torch's. Returns the kernel in use (``"default"`` where oneDNN is missing)."""
+        if kernel not in ("default", "onednn"):
+            raise ValueError(f"linear kernel must be 'default' or 'onednn', got {kernel!r}")
+        use = kernel == "onednn" and onednn_linear_available()
+        for module in self.modules():
+            if isinstance(module, Cut3rLinear):
+                module.onednn = use
+        self.linear_kernel = "onednn" if use else "default"
+        return self.linear_kernel
 
     # ---------------------------------------------------------------- checks
     def check_frames(self, frames: torch.Tensor, state: Cut3rState | None = None) -> None:
