@@ -52,6 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from vlm3r_ros.engine.loading import random_cut3r_model  # noqa: E402
+from vlm3r_ros.ros.launching import run_for_result  # noqa: E402
+
 ARCHS = {"full": "cut3r_512_dpt_4_64", "tiny": "tiny_dpt"}
 MODES = {  # mode -> heads argument of Cut3rModel.step (None: with_heads=True)
     "tokens": (),
@@ -100,26 +103,12 @@ def load_ref_package(ref: str):
         text = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:vlm3r_ros/models/cut3r/{file}"],
                               capture_output=True, text=True, check=True).stdout
         (folder / file).write_text(text)
-    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py", submodule_search_locations=[str(folder)])
+    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def build_random(arch: str, device, dtype, seed: int = 0):
-    """A CUT3R of architecture ``arch`` with seeded random weights (init on CPU, then moved)."""
-    import torch
-
-    from vlm3r_ros.models.cut3r import PUBLIC_CONFIGS, Cut3rModel
-    from vlm3r_ros.models.cut3r.tiny import TINY_CONFIGS, init_random_
-
-    config = PUBLIC_CONFIGS[arch] if arch in PUBLIC_CONFIGS else TINY_CONFIGS[arch]
-    with torch.device("meta"):  # no default init: init_random_ draws every parameter once
-        model = Cut3rModel(config)
-    model.to_empty(device="cpu")
-    init_random_(model, seed=seed)
-    return model.eval().requires_grad_(False).to(device=device, dtype=dtype)
 
 
 def ref_model_sharing_weights(package, model):
@@ -221,7 +210,7 @@ def run_child(args) -> int:
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
     rss_start = _rss_mib()
     t0 = time.perf_counter()
-    model = build_random(arch, device, dtype)
+    model = random_cut3r_model(arch, seed=0, device=device, dtype=dtype)
     build_seconds = time.perf_counter() - t0
     variants = [(f"new/{kernel}" if kernel != "onednn" else "new", mode, model)
                 for kernel in args.new_kernels for mode in args.modes]
@@ -305,7 +294,7 @@ def run_steady_child(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = build_random(ARCHS["tiny"], torch.device(args.device), getattr(torch, args.dtype))
+    model = random_cut3r_model(ARCHS["tiny"], device=torch.device(args.device), dtype=getattr(torch, args.dtype))
     stream = Cut3rStream(model, preprocessing="vlm3r")
     pixels = [stream.prepare(img) for img in np.load(args.frames_file)]
     times = [stream.step(pixels[i % len(pixels)], heads=MODES["points"]).step_seconds
@@ -324,14 +313,7 @@ def spawn(args, child: list[str], rounds: int, frames_file: str) -> dict:
     if args.ref:
         cmd += ["--ref", args.ref]
     cmd += ["--new-kernels", ",".join(args.new_kernels)]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"child {' '.join(child)} failed with exit status {proc.returncode}")
-    result = json.loads(lines[-1][len(RESULT_PREFIX):])
-    result["wall_s"] = time.perf_counter() - start
+    result = run_for_result(cmd, RESULT_PREFIX, ' '.join(child))
     return result
 
 
@@ -411,7 +393,7 @@ def run_parent(args) -> int:
     import numpy as np
     import torch
 
-    from vlm3r_ros.tools.sample_data import generate_sequence
+    from vlm3r_ros.media.sample_scene import generate_sequence
 
     print(f"torch {torch.__version__}, {args.device}, {args.dtype}, threads {args.threads or torch.get_num_threads()} "
           f"(of {os.cpu_count()} CPUs), load average {os.getloadavg()[0]:.2f} at start")
@@ -428,7 +410,8 @@ def run_parent(args) -> int:
             t = spawn(args, ["--steady-child"], args.steady_frames, frames_file)["times"]
             k = min(5, len(t) // 2)
             print(f"\nsteady state, tiny with pose + points at 432x432 over {len(t)} frames after warm-up: "
-                  f"mean of first {k} {statistics.fmean(t[:k]):.4f} s, mean of last {k} {statistics.fmean(t[-k:]):.4f} s")
+                  f"mean of first {k} {statistics.fmean(t[:k]):.4f} s, "
+                  f"mean of last {k} {statistics.fmean(t[-k:]):.4f} s")
             blocks = [t[i:i + 10] for i in range(0, len(t), 10)]
             print("  median per block of 10 frames: " + ", ".join(f"{statistics.median(b):.4f}" for b in blocks))
     print(f"load average {os.getloadavg()[0]:.2f} at end")

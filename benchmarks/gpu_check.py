@@ -63,11 +63,11 @@ def _timed(fn, device, repeats: int) -> list[float]:
 def check_cut3r(device, dtypes, tiny: bool, frames: int) -> dict:
     import torch
 
-    from bench_cut3r import build_random
     from vlm3r_ros.engine.checkpoint import build_cut3r
+    from vlm3r_ros.engine.loading import random_cut3r_model
 
     arch = "tiny_dpt" if tiny else "cut3r_512_dpt_4_64"
-    base = build_random(arch, "cpu", torch.float32)
+    base = random_cut3r_model(arch)
     state_dict = base.state_dict()
     out = {"arch": arch, "size": "432x432"}
     pixels = torch.rand(1, 3, 432, 432, generator=torch.Generator().manual_seed(0)) * 2 - 1
