@@ -181,3 +181,33 @@ def test_the_model_reuses_its_positions_so_the_tables_are_reused(model):
     assert len(model.enc_blocks[0].attn.rope.tables._store) == entries  # no new table after the first frame
     assert model.patch_embed.grid_positions(1, 3, 4, model.device) is model.patch_embed.grid_positions(
         1, 3, 4, model.device)
+
+
+# ------------------------------------------------------------------- linear kernel
+def test_the_linear_kernel_switch(model):
+    """oneDNN (the default) and torch's GEMM agree to float32 rounding; 'default' is nn.Linear exactly."""
+    import torch.nn.functional as F
+
+    from vlm3r_ros.models.cut3r.layers import Cut3rLinear, onednn_linear_available
+
+    xs = frames(2, seed=5)
+    assert model.linear_kernel == ('onednn' if onednn_linear_available() else 'default')
+    onednn = stream_outputs(model, xs, heads=('pose', 'world_points'))
+    assert model.set_linear_kernel('default') == 'default'
+    try:
+        default = stream_outputs(model, xs, heads=('pose', 'world_points'))
+    finally:
+        model.set_linear_kernel('onednn')
+    for (a, _), (b, _) in zip(onednn, default):
+        for x, y in ((a.patch_tokens, b.patch_tokens), (a.heads.pts3d_in_other_view, b.heads.pts3d_in_other_view)):
+            assert float(((x - y).abs() / (1e-2 + 1e-2 * y.abs())).max()) < 1e-2  # far inside the robust rule
+    layer = Cut3rLinear(8, 4)
+    x = torch.randn(3, 8)
+    assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))  # off unless switched on
+    layer.onednn = True
+    assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-6)
+    x.requires_grad_(True)
+    layer(x).sum().backward()  # under autograd it falls back to torch's op, which has a backward
+    assert x.grad is not None and x.grad.shape == x.shape
+    with pytest.raises(ValueError, match="'default' or 'onednn'"):
+        model.set_linear_kernel('mkl')
