@@ -151,6 +151,8 @@ class SceneGraph:
     dataset: str = "custom"
     video_path: str | None = None
     fps: float | None = None  # of the video the frame ids index
+    # frames listed in the frame metadata, pose-less ones included (the official "of N"); None: len(frames)
+    metadata_frame_count: int | None = None
 
     def __post_init__(self):
         ids = [o.instance_id for o in self.objects]
@@ -288,6 +290,7 @@ class SceneGraph:
             dataset=str(scene.get("dataset", "custom")),
             video_path=scene.get("video_path"),
             fps=None if scene.get("fps") is None else float(scene["fps"]),
+            metadata_frame_count=len((frames or {}).get("frames", [])) if frames else None,
         )
 
 
