@@ -335,7 +335,7 @@ def group_scenes(rows: Iterable[BenchmarkRow], data_root: str | Path) -> list[Sc
 
 def run(benchmark: Benchmark, rows: Sequence[BenchmarkRow], backend: Backend, output: str | Path, *,
         data_root: str | Path | None = None, resume: bool = True, progress: bool = True,
-        numeric: str = "official", log: Callable[[str], None] | None = None) -> RunResult:
+        numeric: str = "official", scorer: str = "vlm3r", log: Callable[[str], None] | None = None) -> RunResult:
     """Answer ``rows`` with ``backend``, appending results to ``output`` (see the module docstring)."""
     from tqdm import tqdm
 
@@ -380,15 +380,15 @@ def run(benchmark: Benchmark, rows: Sequence[BenchmarkRow], backend: Backend, ou
     finally:
         bar.close()
         writer.close()
-    return summarize(benchmark, rows, done, answered=answered, skipped=skipped, numeric=numeric)
+    return summarize(benchmark, rows, done, answered=answered, skipped=skipped, numeric=numeric, scorer=scorer)
 
 
 def summarize(benchmark: Benchmark, rows: Sequence[BenchmarkRow], results: dict[str, dict], *,
-              answered: int = 0, skipped: int = 0, numeric: str = "official") -> RunResult:
+              answered: int = 0, skipped: int = 0, numeric: str = "official", scorer: str = "vlm3r") -> RunResult:
     """Score the results of ``rows`` (those that have one)."""
     records = [results[row.key] for row in rows if row.key in results]
     missing = [row.key for row in rows if row.key not in results]
-    summary = score(records, benchmark.spec, numeric=numeric) if records else None
+    summary = score(records, benchmark.spec, numeric=numeric, scorer=scorer) if records else None
     return RunResult(summary, records, answered, skipped, missing)
 
 
@@ -410,6 +410,8 @@ def format_table(summary: ScoreSummary, *, meaningless: bool = False) -> str:
     lines = [f"{summary.benchmark}: {summary.merge_rule}"]
     if summary.numeric == "converted":
         lines.append("numeric answers: the reply's number converted to the benchmark's unit (not the official reading)")
+    if summary.scorer == "lmms-eval":
+        lines.append("numeric replies read as lmms-eval reads them now (extract_number; the paper used float())")
     lines.append(f"{'question type':<{width}}  kind  {'count':>5}  {'score':>6}")
     lines.append("-" * (width + 23))
     for qtype, value in summary.per_type.items():

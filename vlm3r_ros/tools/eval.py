@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--numeric", choices=("official", "converted"), default="official",
                    help="numeric answers: official (float of the reply's first word) or converted (the reply's "
                         "number in the benchmark's unit, e.g. '1.5 m' -> 150 for a size in cm); default official")
+    p.add_argument("--scorer", choices=("vlm3r", "lmms-eval"), default="vlm3r",
+                   help="how numeric replies are read: vlm3r (the paper's: float() of the first word; default) or "
+                        "lmms-eval (its current extract_number over the whole reply); docs/eval.md")
     p.add_argument("--plot", type=Path, metavar="PNG", help="also save a bar chart of the scores (needs matplotlib)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--backend", choices=("offline", "live"), default="offline", help="default offline")
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
               f"results in {args.output}", file=sys.stderr)
         backend = make_offline_backend(args) if args.backend == "offline" else make_live_backend(args)
         result = harness.run(bench, rows, backend, args.output, data_root=data_root, resume=args.resume,
-                             progress=args.progress, numeric=args.numeric)
+                             progress=args.progress, numeric=args.numeric, scorer=args.scorer)
     except (UserError, BenchmarkError, ScoringError, harness.HarnessError) as exc:
         print(f"{PROG}: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
