@@ -153,6 +153,10 @@ class SceneGraph:
     fps: float | None = None  # of the video the frame ids index
     # frames listed in the frame metadata, pose-less ones included (the official "of N"); None: len(frames)
     metadata_frame_count: int | None = None
+    # free space, when known (a simulated room): floor polygon (K, 2) and every box that blocks the floor
+    # (None: the objects'); route planning needs it, the other types ignore it
+    floor: np.ndarray | None = None
+    obstacles: list[OrientedBox] | None = None
 
     def __post_init__(self):
         ids = [o.instance_id for o in self.objects]
@@ -218,6 +222,10 @@ class SceneGraph:
         }
         if self.fps is not None:
             scene["fps"] = self.fps
+        if self.floor is not None:  # our extension (the official files have no free space)
+            scene["floor_polygon"] = np.asarray(self.floor, dtype=np.float64).tolist()
+            if self.obstacles is not None:
+                scene["obstacle_bboxes"] = [b.to_metadata() for b in self.obstacles]
         frames = []
         for f in self.frames:
             entry = {
@@ -291,6 +299,12 @@ class SceneGraph:
             video_path=scene.get("video_path"),
             fps=None if scene.get("fps") is None else float(scene["fps"]),
             metadata_frame_count=len((frames or {}).get("frames", [])) if frames else None,
+            floor=(None if scene.get("floor_polygon") is None
+                   else finite_array(scene["floor_polygon"], (-1, 2), f"scene {scene_name}.floor_polygon")),
+            obstacles=(None if scene.get("obstacle_bboxes") is None else
+                       [OrientedBox.create(b["centroid"], b["axesLengths"], b.get("normalizedAxes"),
+                                           what=f"scene {scene_name}.obstacle_bboxes[{k}]")
+                        for k, b in enumerate(scene["obstacle_bboxes"])]),
         )
 
 

@@ -28,8 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..scene_graph import SceneGraph
-from .common import AnswerBalancer, QARow, choice_options, new_row, shuffled
+from ..scene_graph import ObjectInstance, SceneGraph
+from .common import AnswerBalancer, QARow, check_compat, choice_options, new_row, shuffled
 
 ROUTE_PLAN_TEMPLATE = (
     "You are a robot beginning at the {start_object} facing the {facing_object}. You want to navigate to the "
@@ -162,36 +162,44 @@ def start_point(space: FreeSpace, start: Footprint) -> np.ndarray | None:
     return near[best] if clear[best] >= ROBOT_RADIUS + MARGIN else None
 
 
-def free_space_of(scene: SceneGraph, floor: np.ndarray) -> tuple[FreeSpace, dict[str, Footprint]]:
-    """The free space (floor + blocking objects) and the footprints of the unique objects."""
-    blocking = [Footprint.of(o) for o in scene.objects if o.box.minimum[2] < BLOCK_HEIGHT]
+def free_space_of(scene: SceneGraph) -> tuple[FreeSpace, dict[str, Footprint]]:
+    """The free space (floor + blocking boxes) and the footprints of the unique objects."""
+    boxes = scene.obstacles if scene.obstacles is not None else [o.box for o in scene.objects]
+    blocking = [Footprint.of(ObjectInstance(-1, "obstacle", b)) for b in boxes if b.minimum[2] < BLOCK_HEIGHT]
     unique = {o.category: Footprint.of(o) for o in scene.unique_objects()}
-    return FreeSpace(floor, blocking), unique
+    return FreeSpace(scene.floor, blocking), unique
 
 
 def _outcomes(space, start, heading, targets) -> dict[tuple[str, str], list[np.ndarray] | None] | None:
-    """Route of each of the 9 fillings, or None when some filling's outcome changes with the margins."""
-    out = {}
-    for turns in itertools.product(TURNS, repeat=2):
-        route = follow(space, start, heading, turns, targets)
-        for dr, dreach in ((-MARGIN, 0), (MARGIN, 0), (0, -MARGIN), (0, MARGIN)):
+    """Route of each of the 9 fillings; None unless exactly one reaches the goal and no filling's
+    outcome changes when the radius or the reach moves by MARGIN."""
+    fillings = list(itertools.product(TURNS, repeat=2))
+    out = {turns: follow(space, start, heading, turns, targets) for turns in fillings}
+    if sum(route is not None for route in out.values()) != 1:
+        return None
+    for dr, dreach in ((-MARGIN, 0), (MARGIN, 0), (0, -MARGIN), (0, MARGIN)):
+        for turns in fillings:
             other = follow(space, start, heading, turns, targets, ROBOT_RADIUS + dr, REACH + dreach)
-            if (other is None) != (route is None):
+            if (other is None) != (out[turns] is None):
                 return None
-        out[turns] = route
     return out
 
 
-def route_planning(scene: SceneGraph, rng: np.random.Generator, *, floor: np.ndarray,
-                   max_per_scene: int | None = 3, balancer: AnswerBalancer | None = None) -> list[QARow]:
-    """Route-planning questions for a room: start, facing, waypoint and destination are four
-    different unique objects (tried in random order until ``max_per_scene`` questions); asked only
-    where exactly one filling of the two blanks reaches the destination without a collision.
+def route_planning(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 3,
+                   balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
+    """Route-planning questions for a room whose free space is known (``scene.floor``; a scene
+    without it, such as one from the official metadata, gives none): start, facing, waypoint and
+    destination are four different unique objects (tried in random order until ``max_per_scene``
+    questions); asked only where exactly one filling of the two blanks reaches the destination
+    without a collision. ``compat`` changes nothing (there is no official generator).
 
     Rows carry ``route`` (start point and the two stop points, metres), ``start_heading_deg`` and
     the four categories, so that a check can walk the route again."""
+    check_compat(compat)
+    if scene.floor is None:
+        return []
     balancer = AnswerBalancer() if balancer is None else balancer
-    space, unique = free_space_of(scene, floor)
+    space, unique = free_space_of(scene)
     starts: dict[str, np.ndarray | None] = {}
     rows: list[QARow] = []
     for s, f, w, d in shuffled(list(itertools.permutations(unique, 4)), rng):
@@ -207,10 +215,7 @@ def route_planning(scene: SceneGraph, rng: np.random.Generator, *, floor: np.nda
         outcomes = _outcomes(space, begin, heading, (unique[w], unique[d]))
         if outcomes is None:
             continue
-        reached = [turns for turns, route in outcomes.items() if route is not None]
-        if len(reached) != 1:
-            continue
-        answer_turns = reached[0]
+        answer_turns = next(turns for turns, route in outcomes.items() if route is not None)
         answer = ", ".join(answer_turns)
         wrong = [", ".join(t) for t in outcomes if t != answer_turns]
         distractors = [wrong[i] for i in rng.choice(len(wrong), size=3, replace=False)]
