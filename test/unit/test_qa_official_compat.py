@@ -190,3 +190,20 @@ def test_vsi_rows_have_no_frame_indices_field():
     assert "frame_indices" not in rows[0].to_dict()
     frames = [FrameAnnotation(10 * k, pose([0.5 * k, 0.0, 1.5])) for k in range(7)]
     assert T.camera_displacement(scene([], frames), make_rng(0))[0].to_dict()["frame_indices"] == [0, 50]
+
+
+def test_camera_movement_numbers_frames_among_all_listed_frames():
+    # f0 at x = 0, f1 listed without a pose, f2 at x = 2 (2 m forward): V1 asks (f0, f2).
+    # official: the movement generators number frames among ALL listed frames: "frame 1 and frame 3 of 3";
+    # exact: among the frames with a pose: "frame 1 and frame 2 of 2".
+    meta = {"dataset": "scannet", "video_path": "s.mp4", "object_bboxes": {}}
+    frames = {"frames": [{"frame_id": 0, "camera_pose_camera_to_world": pose([0.0, 0.0, 1.5]).tolist()},
+                         {"frame_id": 10},
+                         {"frame_id": 20, "camera_pose_camera_to_world": pose([2.0, 0.0, 1.5]).tolist()}]}
+    graph = SceneGraph.from_metadata("s", meta, frames)
+    official = T.camera_movement_direction(graph, make_rng(0), max_per_scene=None, num_choices=4)
+    assert [(r.question[:54], r.ground_truth) for r in official] == [
+        ("During the sequence between frame 1 and frame 3 of 3, ", "Forward")]
+    exact = T.camera_movement_direction(graph, make_rng(0), max_per_scene=None, num_choices=4, compat="exact")
+    assert [(r.question[:54], r.ground_truth) for r in exact] == [
+        ("During the sequence between frame 1 and frame 2 of 2, ", "Forward")]

@@ -144,3 +144,13 @@ def test_occupancy_grid_marks_walls_and_objects():
     assert not cell(1.45, 1.0)  # 0.25 m from the sofa: the 0.2 m disc fits
     with pytest.raises(ValueError, match="floor polygon needs >= 3"):
         RP.FreeSpace(np.zeros((2, 2)), [])
+
+
+def test_free_space_survives_the_metadata_files(tmp_path):
+    from vlm3r_ros.data.metadata import load_dataset, save_scene_graphs
+    graph = generate_scene(3).scene_graph()
+    save_scene_graphs([graph], tmp_path, "sim", "val")
+    back = load_dataset(tmp_path, "sim", "val")[graph.scene_name]
+    assert np.allclose(back.floor, graph.floor) and len(back.obstacles) == len(graph.obstacles)
+    rows = lambda g: [r.to_dict() for r in RP.route_planning(g, make_rng(0))]  # noqa: E731
+    assert rows(back) == rows(graph) and rows(graph)

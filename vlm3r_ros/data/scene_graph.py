@@ -151,8 +151,9 @@ class SceneGraph:
     dataset: str = "custom"
     video_path: str | None = None
     fps: float | None = None  # of the video the frame ids index
-    # frames listed in the frame metadata, pose-less ones included (the official "of N"); None: len(frames)
-    metadata_frame_count: int | None = None
+    # frame ids of every frame the frame metadata lists, pose-less ones included, sorted (the official
+    # "of N" counts them, and camera movement numbers frames among them); None: the frames above
+    metadata_frame_ids: tuple[int, ...] | None = None
     # free space, when known (a simulated room): floor polygon (K, 2) and every box that blocks the floor
     # (None: the objects'); route planning needs it, the other types ignore it
     floor: np.ndarray | None = None
@@ -298,7 +299,8 @@ class SceneGraph:
             dataset=str(scene.get("dataset", "custom")),
             video_path=scene.get("video_path"),
             fps=None if scene.get("fps") is None else float(scene["fps"]),
-            metadata_frame_count=len((frames or {}).get("frames", [])) if frames else None,
+            metadata_frame_ids=(tuple(sorted(int(f.get("frame_id", k)) for k, f in enumerate(frames.get("frames", []))))
+                                if frames else None),
             floor=(None if scene.get("floor_polygon") is None
                    else finite_array(scene["floor_polygon"], (-1, 2), f"scene {scene_name}.floor_polygon")),
             obstacles=(None if scene.get("obstacle_bboxes") is None else

@@ -92,9 +92,17 @@ def _frame_span(start: int, end: int, num_frames: int) -> tuple[str, str]:
 def _frame_count(scene: SceneGraph, compat: str) -> int:
     """N of "frame k of N": officially every frame of the frame metadata, pose-less ones too
     (``original_total_num_frames``); "exact": the frames we number (all have a pose)."""
-    if compat == "official" and scene.metadata_frame_count is not None:
-        return max(scene.metadata_frame_count, len(scene.frames))
+    if compat == "official" and scene.metadata_frame_ids is not None:
+        return max(len(scene.metadata_frame_ids), len(scene.frames))
     return len(scene.frames)
+
+
+def _metadata_rank(scene: SceneGraph, position: int, compat: str) -> int:
+    """The official camera-movement generators number a frame among ALL listed frames (pose-less
+    ones too, get_camera_movement_direction_qa_v*.py); the other types among those with a pose."""
+    if compat == "official" and scene.metadata_frame_ids is not None:
+        return scene.metadata_frame_ids.index(scene.frames[position].frame_id)
+    return position
 
 
 def _describe(position: int, scene: SceneGraph, compat: str) -> str:
@@ -196,7 +204,8 @@ def _movement_row(scene, i: int, j: int, direction: str, k: int, rng, balancer, 
     wrong = [d for d in MOVEMENT_DIRECTIONS if d != direction]
     distractors = [wrong[n] for n in rng.choice(len(wrong), size=k - 1, replace=False)]
     options, letter = choice_options(direction, distractors, rng, balancer)
-    start, end = _frame_span(i, j, _frame_count(scene, compat))
+    start, end = _frame_span(_metadata_rank(scene, i, compat), _metadata_rank(scene, j, compat),
+                             _frame_count(scene, compat))
     question = CAMERA_MOVEMENT_DIRECTION_TEMPLATE.format(start=start, end=end, choices=_join_choices(options))
     frames = scene.frames
     return new_row(scene, "camera_movement_direction", question, direction, options=options, mc_answer=letter,
