@@ -113,10 +113,21 @@ def test_direction_distance_filter_uses_sampled_distances():
     # sofa x [0.1, 1.1] (centre 0.6: its +x face is dropped, as above); tv x [1.39, 2.39]: exact gap 0.29 m
     # (< 0.30: the triple is skipped), sampled 1.39 - (1.1 - 1/19) = 0.3426 m (kept).
     assert abs((1.89 - 0.5) - 1.89) <= 0.5
+    # Officially asked, by hand (centres sofa (0.6, 0.5), tv (1.89, 0.5), lamp (1.2, 3.0)):
+    #   at sofa facing tv (+x): lamp at atan2(2.5, 0.6) = 76.5 deg      -> left / front-left
+    #   at sofa facing lamp (76.5): tv centre at -76.5 -> 283.5 deg       -> right; hard: the 1 m tv's corners
+    #     at world -32.3 and -15.6 deg (251.2, 267.9 relative: back-right) are 4 strays -> skipped
+    #   at tv facing sofa (180): lamp at atan2(2.5, -0.69) = 105.4 -> 285.4 -> right / front-right
     objects = [unit_box(0, "sofa", 0.6), unit_box(1, "tv", 1.89), cube(2, "lamp", 1.2, 3.0)]
-    for generator in (V.object_rel_direction_medium, V.object_rel_direction_hard):
+    expected = {V.object_rel_direction_medium: [("sofa", "tv", "lamp", "left"), ("sofa", "lamp", "tv", "right"),
+                                                ("tv", "sofa", "lamp", "right")],
+                V.object_rel_direction_hard: [("sofa", "tv", "lamp", "front-left"),
+                                              ("tv", "sofa", "lamp", "front-right")]}
+    for generator, answers in expected.items():
         assert generator(scene(objects), make_rng(0), max_per_scene=None, compat="exact") == []
-        assert generator(scene(objects), make_rng(0), max_per_scene=None), generator.__name__
+        rows = generator(scene(objects), make_rng(0), max_per_scene=None)
+        assert [(r.extra["category, positioning object"], r.extra["category, orienting object"],
+                 r.extra["category, querying object"], r.ground_truth) for r in rows] == answers, generator.__name__
 
 
 # --- camera_movement_direction: v1, v2 and v3, each with its own rule ---------------------------------------
@@ -207,3 +218,20 @@ def test_camera_movement_numbers_frames_among_all_listed_frames():
     exact = T.camera_movement_direction(graph, make_rng(0), max_per_scene=None, num_choices=4, compat="exact")
     assert [(r.question[:54], r.ground_truth) for r in exact] == [
         ("During the sequence between frame 1 and frame 2 of 2, ", "Forward")]
+
+
+def test_camera_obj_abs_dist_uses_the_grid_samples():
+    # the 1 m cube A_FAR (x [0.1, 1.1], +x face dropped by the crop, above); the camera at (3.1, 0.5, 0.5)
+    # looking along -x. Exact: 3.1 - 1.1 = 2.0 m. Official: the nearest samples are at x = 1.1 - 1/19 and
+    # y, z = 0.5 +- 1/38 (20 grid values, none at the centre): sqrt(2.0526^2 + 2 (1/38)^2) = 2.0530 -> 2.1.
+    # The camera centre is the pose's translation column (VLM-3R's fix), in both modes.
+    frames = [FrameAnnotation(0, pose([3.1, 0.5, 0.5], 180.0), visible={0: None})]
+    by_hand = math.hypot(2.0 + 1 / 19, math.hypot(1 / 38, 1 / 38))
+    assert round(by_hand, 1) == 2.1
+    for compat, answer in (("official", 2.1), ("exact", 2.0)):
+        rows = T.camera_obj_abs_dist(scene([A_FAR], frames), make_rng(0), compat=compat)
+        assert [(r.question, r.ground_truth) for r in rows] == [
+            ("What is the approximate distance (in meters) between the camera (or the person filming) and the "
+             "nearest point of the sofa in frame 1 of 1?", answer)], compat
+        picked = rows[0].options["ABCD".index(rows[0].mc_answer)]
+        assert picked == (answer if compat == "official" else f"{rows[0].mc_answer}. {answer}")
