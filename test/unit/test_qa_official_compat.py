@@ -63,6 +63,10 @@ def test_grid_sampling_by_hand():
     thin = official_grid_points(OrientedBox.axis_aligned([0, 0, 0], [1, 1, 0.02]))
     assert np.allclose(thin[:, 2], 0.0)
     assert math.isclose(sampled_box_distance(A_FAR.box, B_FAR.box), 1.8 - (1.1 - 1 / 19), abs_tol=1e-9)
+    # a flat box (a side of 0, where the official recursion never ends) and a point-like one still measure
+    flat = OrientedBox.create([3.0, 0.5, 0.5], [0.0, 1.0, 1.0])
+    assert np.allclose(official_grid_points(flat)[:, 0], 3.0)
+    assert np.allclose(official_grid_points(OrientedBox.create([3.0, 0.5, 0.5], [0.0, 0.0, 0.0])), [[3.0, 0.5, 0.5]])
 
 
 def test_object_abs_distance_official_vs_exact():

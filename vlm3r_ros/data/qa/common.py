@@ -332,11 +332,13 @@ def official_grid_points(box, spacing: float = GRID_SPACING) -> np.ndarray:
     kept when any |coordinate| > extent / 4); the rest is rotated and moved to the centre, then
     cropped to the box as Open3D's ``OrientedBoundingBox`` crop does it: ``|d . axis_i| <=
     extent_i / 2`` with ``d = point - centre``, in float64, so a boundary point survives or not
-    by the rounding of those operations, as officially. No point left: again at half spacing."""
+    by the rounding of those operations, as officially. No point left: again at half spacing.
+    Where the official code fails (a side of length 0 gives no values and the recursion never
+    ends) we take one value per flat side, and the centre for a box of no extent at all."""
     extent = np.asarray(box.axes_lengths, dtype=np.float64)
     rotation = np.asarray(box.axes, dtype=np.float64).T  # Open3D's R: columns are the box axes
     centre = np.asarray(box.centroid, dtype=np.float64)
-    counts = [int(np.ceil(e / spacing)) for e in extent]
+    counts = [max(1, int(np.ceil(e / spacing))) for e in extent]  # a flat side: one value (officially: none)
     grids = np.meshgrid(*[np.linspace(-e / 2, e / 2, n) for e, n in zip(extent, counts)])
     points = np.vstack([g.ravel() for g in grids]).T
     points = points[np.any(np.abs(points) > extent / 4, axis=1)]
@@ -345,8 +347,8 @@ def official_grid_points(box, spacing: float = GRID_SPACING) -> np.ndarray:
     local = d[:, :1] * rotation[0] + d[:, 1:2] * rotation[1] + d[:, 2:3] * rotation[2]  # d . axis_i, x+y+z order
     kept = world[np.all(np.abs(local) <= extent / 2, axis=1)]
     if len(kept) == 0:
-        if spacing < 1e-4:
-            raise ValueError(f"box with sides {extent.tolist()} gives no grid points")
+        if spacing < 1e-4:  # a box without extent (the official recursion would never end): its centre
+            return centre[None].copy()
         return official_grid_points(box, spacing * 0.5)
     return kept
 
