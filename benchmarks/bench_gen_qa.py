@@ -6,8 +6,8 @@ The scene: ``--objects`` boxes in an 8 x 8 m room, each turned by a random angle
 (so object distances take the general box-box path), ``--unique`` of them in categories of
 their own, the rest chairs and tables; ``--frames`` camera poses on a circle, 5 objects visible
 per frame. Prints each generator's rows and median time over ``--repeats`` calls in both ``compat``
-modes, the time of the official sampled and the exact box distance for a turned and an axis-aligned pair, and the wall time of one
-``vlm3r-gen-qa`` run over every type (a child process, import time included).
+modes, the time of the official sampled and the exact box distance for a turned and an
+axis-aligned pair, and the wall time of one ``vlm3r-gen-qa`` run over every type (a child process, import time included).
 Numbers go into notes; nothing here asserts a timing.
 """
 
