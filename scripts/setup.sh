@@ -51,9 +51,12 @@ import torch, rclpy
 from rclpy.type_support import check_for_type_support
 from ${PKG}.msg import SpatialState
 from ${PKG}.srv import SpatialQuery
+from ${PKG}.action import SpatialQuery as SpatialQueryAction
+import rclpy.action
 from tf2_msgs.msg import TFMessage
 check_for_type_support(SpatialState)
 check_for_type_support(SpatialQuery)
+check_for_type_support(SpatialQueryAction)
 check_for_type_support(TFMessage)
 "
 
@@ -66,7 +69,7 @@ inputs_hash() {
   local f
   {
     for f in requirements.txt constraints.txt setup.py pyproject.toml package.xml \
-             CMakeLists.txt scripts/setup.sh msg/*.msg srv/*.srv \
+             CMakeLists.txt scripts/setup.sh msg/*.msg srv/*.srv action/*.action \
              scripts/build_tf2_msgs.sh scripts/cmake_install.sh interfaces/tf2_msgs/CMakeLists.txt \
              interfaces/tf2_msgs/package.xml interfaces/tf2_msgs/msg/*.msg; do
       printf '== %s\n' "$f"
@@ -166,7 +169,7 @@ bash "$ROOT/scripts/build_tf2_msgs.sh" "$VENV" "$BUILD/tf2_msgs"
 # 4b. Our msg/ and srv/.
 log "4/5 building msg/ and srv/ with CMake in $BUILD"
 # Stale generated modules from an earlier build (e.g. a removed .msg) must go.
-rm -rf "$ROOT/$PKG/msg" "$ROOT/$PKG/srv"
+rm -rf "$ROOT/$PKG/msg" "$ROOT/$PKG/srv" "$ROOT/$PKG/action"
 rm -f "$ROOT/$PKG"/*.so
 cmake_install_package "$ROOT" "$BUILD"
 

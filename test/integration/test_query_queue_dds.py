@@ -2,9 +2,10 @@
 
 One node process (vlm3r-node's main on config/tiny.yaml, namespace /vlm3r_qq) while a second
 process streams frames at 10 Hz. Four client nodes in this process (service QoS keep-all: a
-client's reader must hold every response it has not taken yet) send 100 questions at once; every one must get exactly one response
-(answered, BUSY, QUEUE_TIMEOUT), and /diagnostics must count them the same way. The last
-test stops the node with SIGTERM while questions run and wait: each gets its response
+client's reader must hold every response it has not taken yet) send 100 questions at once;
+every one must get exactly one response (answered, BUSY, QUEUE_TIMEOUT), and /diagnostics
+must count them the same way. The action tests check feedback before the result, cancel
+mid-generation, and an action goal and a service request at once. The last test stops the node with SIGTERM while questions run and wait: each gets its response
 (SHUTTING_DOWN for those not finished) and the log has no error line. Every wait is bounded;
 no assertion is about timing.
 """
@@ -19,9 +20,12 @@ from pathlib import Path
 import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from action_msgs.msg import GoalStatus
+from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from vlm3r_ros.action import SpatialQuery as SpatialQueryAction
 from vlm3r_ros.srv import SpatialQuery
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(300)]
@@ -76,10 +80,12 @@ class Clients:
         qos = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
         self.clients = [node.create_client(SpatialQuery, f'{NS}/spatial_query', qos_profile=qos)
                         for node in self.nodes]
+        self.action = ActionClient(self.nodes[0], SpatialQueryAction, f'{NS}/spatial_query')
         self.diagnostics = []
         self.nodes[0].create_subscription(DiagnosticArray, '/diagnostics', self.diagnostics.append, 10)
 
     def close(self):
+        self.action.destroy()
         self.executor.shutdown()
         for node in self.nodes:
             node.destroy_node()
@@ -96,7 +102,25 @@ class Clients:
             self.executor.spin_once(timeout_sec=0.02)
 
     def ready(self):
-        self.spin_until(lambda: all(c.service_is_ready() for c in self.clients), 'spatial_query available')
+        self.spin_until(lambda: all(c.service_is_ready() for c in self.clients) and self.action.server_is_ready(),
+                        'spatial_query service and action available')
+
+    def send_goal(self, events, **fields):
+        """Send a goal; ``events`` gets ('feedback', msg) and later ('result', wrapped result) in arrival
+        order. Returns the accepted goal handle."""
+        goal = SpatialQueryAction.Goal(**fields)
+        future = self.action.send_goal_async(goal, feedback_callback=lambda fb: events.append(('feedback',
+                                                                                               fb.feedback)))
+        self.spin_until(future.done, 'the goal is accepted')
+        handle = future.result()
+        assert handle.accepted
+        handle.get_result_async().add_done_callback(lambda f: events.append(('result', f.result())))
+        return handle
+
+    def call(self, request):
+        future = self.clients[0].call_async(request)
+        self.spin_until(future.done, 'a service response')
+        return future.result()
 
     def counters(self):
         """The node's query counters from its latest /diagnostics message."""
@@ -161,6 +185,52 @@ def test_100_questions_from_4_clients_at_once_all_get_one_response(clients):
     assert after['query_queue_depth'] == str(QUEUE_DEPTH)
     # questions about the same window shared a cached visual prefix
     assert int(after['prefix_cache_hits']) >= 1 and float(after['prefix_cache_mb']) > 0
+
+
+def test_action_feedback_comes_before_the_result(clients):
+    clients.ready()
+    events = []
+    clients.send_goal(events, question='Describe the room.', answer_type='text', max_new_tokens=12)
+    clients.spin_until(lambda: events and events[-1][0] == 'result', 'the action result')
+    kinds = [kind for kind, _ in events]
+    result = events[-1][1]
+    assert result.status == GoalStatus.STATUS_SUCCEEDED and result.result.success, result.result.error
+    assert kinds.count('result') == 1 and kinds[-1] == 'result' and 'feedback' in kinds
+    counts = [fb.tokens_generated for kind, fb in events if kind == 'feedback']
+    assert counts == sorted(counts) and counts[0] >= 1  # one message per token, in order (none lost here)
+    assert result.result.answer.startswith(events[-2][1].text[:1])  # the last feedback is the reply so far
+    assert result.result.frames_used >= 1 and result.result.latency_s > 0
+
+
+def test_action_cancel_mid_generation_stops_it_and_frees_the_slot(clients):
+    clients.ready()
+    events, limit = [], 64
+    handle = clients.send_goal(events, question='Describe the room in detail.', answer_type='text',
+                               max_new_tokens=limit)
+    clients.spin_until(lambda: any(kind == 'feedback' for kind, _ in events), 'the first feedback')
+    cancel = handle.cancel_goal_async()
+    clients.spin_until(lambda: cancel.done() and events[-1][0] == 'result', 'the cancelled goal\'s result')
+    result = events[-1][1]
+    tokens = max(fb.tokens_generated for kind, fb in events if kind == 'feedback')
+    print(f'\ncancelled after the first feedback: {tokens} of {limit} tokens generated')
+    assert len(cancel.result().goals_canceling) == 1
+    assert result.status == GoalStatus.STATUS_CANCELED, (result.status, result.result.error)
+    assert result.result.error.startswith('CANCELLED: ') and not result.result.success
+    assert tokens < limit  # generation stopped; it did not run to max_new_tokens
+    # the slot is free: the queue is empty again and a new question is answered
+    counters = clients.wait_counters(lambda c: c['queries_running'] == '0', 'no question running')
+    assert int(counters['queries_cancelled']) >= 1
+    assert clients.call(SpatialQuery.Request(question='How far is the door?', max_new_tokens=2)).success
+
+
+def test_action_and_service_at_once_are_both_answered(clients):
+    clients.ready()
+    events = []
+    service = clients.clients[1].call_async(SpatialQuery.Request(question='How far is the door?', max_new_tokens=8))
+    clients.send_goal(events, question='How many chairs are there?', answer_type='number', max_new_tokens=8)
+    clients.spin_until(lambda: service.done() and events and events[-1][0] == 'result', 'both answers')
+    assert service.result().success, service.result().error
+    assert events[-1][1].result.success and events[-1][1].status == GoalStatus.STATUS_SUCCEEDED
 
 
 def test_sigterm_answers_running_and_waiting_questions_and_logs_no_error(clients, node_proc):

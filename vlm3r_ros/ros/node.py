@@ -23,6 +23,9 @@ Threads and callback groups (on a ``MultiThreadedExecutor``, see :func:`executor
   engine's bounded queue at once (``BUSY`` when full) and then waits, without CPU, for its one
   outcome. The executor has a thread for every question that may be running or waiting plus
   the other groups (:func:`executor_threads`), so admission never waits behind a question.
+* the ``spatial_query`` action (same group): a goal goes through the same queue; feedback
+  (the reply so far) is published from the engine's worker after every token; cancel stops
+  generation after the decoding step in progress and frees the queue slot.
 * ``~/reset`` (``_reset_group``) and the state/diagnostics timers (``_timer_group``) have
   their own groups, so neither waits for a query or for the camera.
 * parameter and lifecycle services stay in the node's default group.
@@ -54,12 +57,14 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Pose
 from nav_msgs.msg import Path
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.action import ActionServer, CancelResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
+from vlm3r_ros.action import SpatialQuery as SpatialQueryAction
 from vlm3r_ros.engine.devices import resolve_device
 from vlm3r_ros.engine.loading import LoadError, ModelSource, load_models, resolve_dtype
 from vlm3r_ros.engine.points_schedule import PointsSchedule
@@ -269,8 +274,8 @@ def executor_threads(max_concurrent_queries: int, query_queue_depth: int = 0) ->
     """Executor threads so that questions never starve the other callback groups: a question's
     callback holds a thread (waiting, no CPU) while it runs or waits in the queue, so one per
     running and per waiting question, plus images, reset, timers and the default group, plus
-    one for the instant BUSY answers."""
-    return max_concurrent_queries + query_queue_depth + 5
+    one for the instant BUSY answers and one for the action server's own requests."""
+    return max_concurrent_queries + query_queue_depth + 6
 
 
 # ---------------------------------------------------------------------------------- engine
@@ -442,6 +447,9 @@ class SpatialNode(LifecycleNode):
         self._pubs = {}
         self._queries_received = 0  # spatial_query requests taken from DDS (under _lock)
         self._queries_not_active = 0  # answered NOT_ACTIVE
+        self._action_server = None
+        self._goal_tickets = {}  # goal id (bytes) -> the engine's Ticket, for cancel (under _lock)
+        self._early_cancels = set()  # goal ids cancelled before their ticket existed (under _lock)
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.declare_parameters("", [(p.name, p.default, p.descriptor()) for p in PARAMETERS])
@@ -509,6 +517,10 @@ class SpatialNode(LifecycleNode):
                                 callback_group=self._query_group),
             self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._reset_group),
         ]
+        self._action_server = ActionServer(
+            self, SpatialQueryAction, "spatial_query", self._execute_goal, cancel_callback=self._on_cancel,
+            callback_group=self._query_group, goal_service_qos_profile=QUERY_SERVICE_QOS,
+            result_service_qos_profile=QUERY_SERVICE_QOS, cancel_service_qos_profile=QUERY_SERVICE_QOS)
         self.get_logger().info(f"configured in {time.monotonic() - start:.1f} s: window of "
                                f"{settings.window_capacity} frames, {settings.max_concurrent_queries} "
                                f"concurrent question(s), {settings.query_queue_depth} more may wait")
@@ -598,6 +610,9 @@ class SpatialNode(LifecycleNode):
 
     def _cleanup(self) -> None:
         self.stop_queries()
+        if self._action_server is not None:
+            self._action_server.destroy()
+            self._action_server = None
         for service in self._service_list:
             self.destroy_service(service)
         for pub in self._pubs.values():
@@ -831,6 +846,54 @@ class SpatialNode(LifecycleNode):
             fill_answer(response, result)
         response.latency_s = time.perf_counter() - start
         return response
+
+    def _execute_goal(self, goal_handle) -> SpatialQueryAction.Result:
+        """The action: the same question as the service, with feedback and cancel."""
+        start = time.perf_counter()
+        result, goal_id = SpatialQueryAction.Result(), bytes(goal_handle.goal_id.uuid)
+        with self._lock:
+            self._queries_received += 1
+
+        def feedback(ids, text):  # from the engine's worker thread, after every token
+            goal_handle.publish_feedback(SpatialQueryAction.Feedback(text=text, tokens_generated=len(ids)))
+
+        try:
+            ticket = self._ask(goal_handle.request, feedback)
+            with self._lock:
+                self._goal_tickets[goal_id] = ticket
+                early_cancel = goal_id in self._early_cancels  # the cancel came before the ticket existed
+            if early_cancel:
+                ticket.cancel()
+            answer = ticket.result()
+        except EngineError as exc:
+            fill_error(result, f"{exc.code}: {exc.message}")
+        except Exception as exc:  # noqa: BLE001 - a result, never a hanging goal
+            self.get_logger().error(f"question (action) failed:\n{traceback.format_exc()}")
+            fill_error(result, f"INTERNAL: {type(exc).__name__}: {exc}")
+        else:
+            fill_answer(result, answer)
+        finally:
+            with self._lock:
+                self._goal_tickets.pop(goal_id, None)
+                self._early_cancels.discard(goal_id)
+        if result.success:
+            goal_handle.succeed()
+        elif goal_handle.is_cancel_requested and result.error.startswith("CANCELLED"):
+            goal_handle.canceled()
+        else:
+            goal_handle.abort()
+        result.latency_s = time.perf_counter() - start
+        return result
+
+    def _on_cancel(self, goal_handle) -> CancelResponse:
+        goal_id = bytes(goal_handle.goal_id.uuid)
+        with self._lock:
+            ticket = self._goal_tickets.get(goal_id)
+            if ticket is None:
+                self._early_cancels.add(goal_id)
+        if ticket is not None:
+            ticket.cancel()  # waiting: leaves the queue; running: stops after the step in progress
+        return CancelResponse.ACCEPT
 
     def _ask(self, request, on_token=None):
         """Admit a SpatialQuery request or goal into the engine's queue: its Ticket (EngineError if refused)."""
