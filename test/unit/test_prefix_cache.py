@@ -309,3 +309,16 @@ def test_cancel_mid_generation_stops_within_one_token_and_frees_the_slot(pipelin
         assert (queue.cancelled, queue.succeeded, queue.running, queue.waiting) == (1, 1, 0, 0)
     finally:
         engine.close()
+
+
+def test_prefixes_of_frames_that_left_the_window_are_freed(pipeline, frames):
+    engine = engine_with(pipeline, frames[:3], window_capacity=3, default_max_frames=3)
+    try:
+        engine.query(QUESTION)
+        assert engine.stats().prefix_cache.entries == 1
+        engine.ingest(frames[3], 300_000_000)  # frame 0 leaves the window: that prefix is useless now
+        engine.query(QUESTION)
+        stats = engine.stats().prefix_cache
+        assert (stats.entries, stats.misses) == (1, 2)
+    finally:
+        engine.close()

@@ -204,8 +204,11 @@ class SpatialEngine:
 
     def _answer(self, ticket: Ticket, admitted: float, question, options, answer_type, max_frames,
                 window_seconds, max_new_tokens, on_token) -> QueryResult:
-        segment, entries = self._select(max_frames or self.config.default_max_frames, window_seconds)
+        segment, oldest, entries = self._select(max_frames or self.config.default_max_frames, window_seconds)
         features = [e.features for e in entries]
+        # A prefix with a frame that has left the window can never be asked for again: free it now
+        # (with uniform selection in a stream that is nearly every older prefix).
+        self._prefixes.retain(lambda key: key.segment_id == segment and key.frames[0] >= oldest)
         try:
             prefix = None
             if self._prefixes.enabled:
@@ -245,20 +248,21 @@ class SpatialEngine:
         if max_new_tokens < 0 or max_new_tokens > self.config.max_new_tokens_limit:
             raise EngineError("BAD_MAX_NEW_TOKENS", f"max_new_tokens must be 0..{self.config.max_new_tokens_limit}")
 
-    def _select(self, max_frames: int, window_seconds: float) -> tuple[int, list[WindowEntry]]:
-        """(segment id, the chosen window entries in time order)."""
+    def _select(self, max_frames: int, window_seconds: float) -> tuple[int, int, list[WindowEntry]]:
+        """(segment id, index of the oldest frame in the window, the chosen entries in time order)."""
         with self._lock:
             snapshot = list(self._window)  # a consistent view; ingestion goes on
             segment = self._stats.segment_id
         if not snapshot:
             raise EngineError("NO_FRAMES", "no frame received yet")
+        oldest = snapshot[0].index
         if window_seconds > 0:
             newest = snapshot[-1].stamp_ns
             snapshot = [e for e in snapshot if newest - e.stamp_ns <= window_seconds * 1e9]
         # keyframes count kept frames (index // keyframe_stride), so the stride doubles over those
         ranks = [e.index // self.config.keyframe_stride for e in snapshot]
         picks = select_positions(ranks, max_frames, self.config.frame_selection)
-        return segment, [snapshot[i] for i in picks]
+        return segment, oldest, [snapshot[i] for i in picks]
 
     # ----------------------------------------------------------------- state
     def reset(self) -> int:
