@@ -15,11 +15,11 @@ from transformers import DynamicCache
 from vlm3r_ros.engine.prefix_cache import PrefixCache, PrefixKey, select_positions
 from vlm3r_ros.engine.spatial_engine import EngineConfig, SpatialEngine
 from vlm3r_ros.engine.vlm3r_pipeline import Vlm3rPipeline
+from vlm3r_ros.media import sample_scene
 from vlm3r_ros.models.cut3r.tiny import random_cut3r
 from vlm3r_ros.models.vlm.prompting import build_prompt, tokenize_with_image
 from vlm3r_ros.models.vlm.tiny import TINY_VLM3R, random_vlm3r
 from vlm3r_ros.models.vlm.tokenizer import build_qwen2_tokenizer
-from vlm3r_ros.tools import sample_data
 
 pytestmark = pytest.mark.usefixtures('torch_single_thread')
 
@@ -242,7 +242,7 @@ def pipeline(vlm, tokenizer):
 
 @pytest.fixture(scope='module')
 def frames():
-    return sample_data.generate_sequence(6, (64, 48), seed=0)
+    return sample_scene.generate_sequence(6, (64, 48), seed=0)
 
 
 def engine_with(pipeline, frames, **config):

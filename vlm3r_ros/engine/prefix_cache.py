@@ -35,18 +35,17 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
+from vlm3r_ros.media.frames import uniform_frame_indices
 
 FRAME_SELECTIONS = ("uniform", "keyframes")
 
 
 def select_positions(frame_indices: list[int], max_frames: int, selection: str = "uniform") -> list[int]:
     """Positions (into ``frame_indices``, ascending segment indices) of the frames a question uses."""
-    total = len(frame_indices)
-    if total == 0 or max_frames < 1:
+    if not frame_indices or max_frames < 1:
         return []
     if selection == "uniform":
-        return np.linspace(0, total - 1, min(total, max_frames), dtype=int).tolist()
+        return uniform_frame_indices(len(frame_indices), max_frames)
     if selection != "keyframes":
         raise ValueError(f"frame selection must be one of {FRAME_SELECTIONS}, got {selection!r}")
     stride = 1
