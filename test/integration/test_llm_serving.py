@@ -14,6 +14,7 @@ last), so the node's window holds exactly the frames the local engine ingested. 
 in file order; the last restarts the server. No assertion is about timing: the timelines are
 printed (pytest -s).
 """
+import json
 import math
 import sys
 import threading
@@ -125,6 +126,67 @@ def test_openai_and_local_give_the_same_token_ids(tiny_pipelines):
     assert (a.text, a.new_tokens, a.prompt_tokens, a.visual_tokens) == (b.text, b.new_tokens, b.prompt_tokens,
                                                                         b.visual_tokens)
     print('\nlocal vs openai token ids (float32, tiny random VLM-3R, vLLM CPU):\n  ' + '\n  '.join(lines))
+
+
+# ------------------------------------------------------------------ 2. vlm3r-eval and vlm3r-sim-eval
+def test_vlm3r_eval_offline_openai_scores_as_local(llm_server, tmp_path):
+    from vlm3r_ros.tools import eval as eval_tool
+    from vlm3r_ros.tools import sample_data
+
+    sample_data.write_sequence(tmp_path / 'scannet' / 'room_a', n_frames=6, size=(96, 72), seed=1)
+    scene = dict(dataset='scannet', scene_name='room_a', video_path='scannet/room_a')
+    rows = [dict(id=0, **scene, question_type='object_counting', question='How many chairs are in this room?',
+                 options=None, ground_truth='4'),
+            dict(id=1, **scene, question_type='object_rel_distance', question='Which is closest to the bed?',
+                 options=['A. sofa', 'B. desk', 'C. lamp'], ground_truth='B')]
+    bench = tmp_path / 'bench.jsonl'
+    bench.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    results = {}
+    for backend in ('local', 'openai'):
+        out = tmp_path / f'{backend}.jsonl'
+        argv = [str(bench), '-o', str(out), '--tiny-random', '--num-frames', '4', '--threads', '1', '--no-progress',
+                '--llm-backend', backend, '--llm-url', llm_server.url, '--llm-model', llm_server.model]
+        assert eval_tool.main(argv) == 0
+        results[backend] = [json.loads(line) for line in out.read_text().splitlines()]
+    keep = ('id', 'prediction', 'prediction_value', 'score', 'error', 'frames_used')
+    local = [{k: r[k] for k in keep} for r in results['local']]
+    assert local == [{k: r[k] for k in keep} for r in results['openai']]
+    assert all(r['error'] == '' and r['prediction'] for r in local), local
+
+
+def test_vlm3r_ask_openai_answers_as_local(llm_server, tmp_path, capsys):
+    from vlm3r_ros.tools import ask, sample_data
+
+    sample_data.write_sequence(tmp_path / 'frames', n_frames=5, size=(96, 72), seed=4)
+    docs = {}
+    for backend in ('local', 'openai'):
+        capsys.readouterr()
+        assert ask.main(['--tiny-random', '--frames', str(tmp_path / 'frames'), '--question', 'How far is the door?',
+                         '--json', '--no-progress', '--threads', '1', '--llm-backend', backend,
+                         '--llm-url', llm_server.url, '--llm-model', llm_server.model]) == 0
+        docs[backend] = json.loads(capsys.readouterr().out)
+    assert docs['openai']['answer'] == docs['local']['answer'] and docs['local']['answer']
+
+
+def sim_eval_predictions(start_child, out, extra):
+    argv = [sys.executable, '-m', 'vlm3r_ros.tools.sim_eval', '--frames', '6', '--size', '160x120',
+            '--max-per-type', '1', '--out', str(out), '--no-progress', '--timeout', '300', *extra]
+    child = start_child(argv, 'sim_eval', log_dir=out.parent, stop_timeout=15.0)
+    code = child.wait(400)
+    assert code == 0, child.tail()
+    rows = [json.loads(line) for f in sorted(out.glob('results_*.jsonl')) for line in f.read_text().splitlines()]
+    return child.output(), {(r['id'], r['question']): r['prediction'] for r in rows}, (out / 'node.log').read_text()
+
+
+def test_vlm3r_sim_eval_with_the_openai_backend_answers_as_local(llm_server, start_child, tmp_path):
+    _, local, _ = sim_eval_predictions(start_child, tmp_path / 'local', [])
+    text, remote, node_log = sim_eval_predictions(
+        start_child, tmp_path / 'openai', ['--llm-backend', 'openai', '--llm-url', llm_server.url,
+                                           '--llm-model', llm_server.model])
+    assert f"LLM server {llm_server.url} serves '{llm_server.model}'" in node_log
+    assert 'llm_backend:=openai' in text
+    assert local and remote == local  # the same frames (lockstep), the same answers
+    assert all(p is not None for p in remote.values()), remote
 
 
 # ------------------------------------------------------------------ nodes

@@ -208,3 +208,35 @@ def test_no_server_is_llm_unavailable_after_the_retries(robot):
     assert (llm.requests, llm.retried) == (3, 2)
     with pytest.raises(LlmBackendError, match='LLM_UNAVAILABLE'):
         llm.server_models()
+
+
+# ------------------------------------------------------------------ tool options
+def test_tool_options_and_node_parameters(tmp_path, capsys):
+    import argparse
+
+    from vlm3r_ros.ros.node import check_parameter
+    from vlm3r_ros.tools import ask, eval as eval_tool
+    from vlm3r_ros.tools.llm_args import add_llm_arguments, node_llm_parameters, openai_settings
+
+    p = argparse.ArgumentParser()
+    add_llm_arguments(p)
+    assert openai_settings(p.parse_args([])) is None and node_llm_parameters(p.parse_args([])) == []
+    with pytest.raises(ValueError, match='--llm-model'):
+        openai_settings(p.parse_args(['--llm-backend', 'openai']))
+    args = p.parse_args(['--llm-backend', 'openai', '--llm-model', 'vlm3r', '--llm-url', 'http://10.0.0.5:8000/v1',
+                         '--llm-timeout', '30'])
+    assert node_llm_parameters(args) == ['-p', 'llm_backend:=openai', '-p', 'llm_url:=http://10.0.0.5:8000/v1',
+                                         '-p', 'llm_model:=vlm3r', '-p', 'llm_timeout:=30.0', '-p', 'llm_retries:=2']
+    assert check_parameter('llm_url', 'localhost:8000').startswith('llm_url must be http')
+    assert check_parameter('llm_url', 'http://10.0.0.5:8000/v1') is None
+    assert check_parameter('llm_backend', 'remote').startswith('llm_backend must be one of local, openai')
+    # vlm3r-ask / vlm3r-eval: a missing model name is a one-line user error (exit 2)
+    from vlm3r_ros.tools import sample_data
+
+    sample_data.write_sequence(tmp_path / 'frames', n_frames=2, size=(64, 48), seed=0)
+    capsys.readouterr()
+    assert ask.main(['--tiny-random', '--frames', str(tmp_path / 'frames'), '--question', 'q', '--no-progress',
+                     '--llm-backend', 'openai']) == 2
+    assert 'needs --llm-model' in capsys.readouterr().err
+    assert eval_tool.main(['x.jsonl', '-o', 'r.jsonl', '--backend', 'live', '--llm-backend', 'openai']) == 2
+    assert '--llm-backend is for --backend offline' in capsys.readouterr().err

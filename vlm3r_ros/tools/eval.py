@@ -109,6 +109,9 @@ def check_args(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     weights = weight_options(args)
     if args.backend == "live":
+        if args.llm_backend != "local":
+            raise UserError("--llm-backend is for --backend offline; the live node's llm_backend parameter says "
+                            "where its LLM runs")
         if args.tiny_random or weights:
             raise UserError("--tiny-random / --base / --adapter / --cut3r / --vlm-config-overrides are for --backend "
                             "offline; the live node loads its own weights (its vlm_config_overrides parameter)")

@@ -30,6 +30,17 @@ def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--llm-api-key", default="", help="sent as a Bearer token (vllm serve --api-key)")
 
 
+def node_llm_parameters(args) -> list[str]:
+    """``-p name:=value`` ROS arguments that put a vlm3r-node on the server of ``--llm-backend openai``
+    ([] for local: the params file decides). The API key goes through VLM3R_LLM_API_KEY, not argv."""
+    settings = openai_settings(args)
+    if settings is None:
+        return []
+    values = {"llm_backend": "openai", "llm_url": settings.url, "llm_model": settings.model,
+              "llm_timeout": float(settings.timeout_s), "llm_retries": settings.retries}
+    return [a for name, value in values.items() for a in ("-p", f"{name}:={value}")]
+
+
 def openai_settings(args) -> OpenAiSettings | None:
     """The server settings for ``--llm-backend openai`` (None for local); ValueError with the reason."""
     if getattr(args, "llm_backend", "local") != "openai":
