@@ -1,7 +1,7 @@
 """Export the LLM half of VLM-3R as a standard Hugging Face Qwen2 checkpoint for vLLM.
 
     vlm3r-export-llm --base LLaVA-Video-7B-Qwen2/ --adapter vlm-3r-llava-qwen2-lora/ \\
-                     --output vlm3r-llm/ --dtype bfloat16
+                     --output vlm3r-llm/ --dtype float16
     vlm3r-export-llm --tiny-random --output out/tiny-llm    # tests: meaningless weights
 
 The base is loaded with the VLM-3R LoRA merged and the vocabulary resized to the tokenizer, as
@@ -9,7 +9,7 @@ the local backend loads it (vlm3r_ros.engine.vlm_checkpoint), and its Qwen2 LLM 
 transformers' save_pretrained, plus tokenizer and generation config
 (vlm3r_ros.engine.llm_export). Serve it with vLLM unchanged, e.g. on one GPU:
 
-    vllm serve vlm3r-llm/ --served-model-name vlm3r --enable-prompt-embeds --dtype bfloat16 \\
+    vllm serve vlm3r-llm/ --served-model-name vlm3r --enable-prompt-embeds --dtype float16 \\
         --max-model-len 8192 --host 10.0.0.5 --port 8000 --api-key SECRET
 
 (docs/llm_serving.md: tensor parallel, sizes, security). Exit status: 0 written, 2 a user error.
@@ -34,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", type=Path, help="local VLM-3R LoRA adapter folder (merged into the LLM)")
     p.add_argument("--tiny-random", action="store_true", help="the tiny random VLM-3R of the tests instead")
     p.add_argument("--seed", type=int, default=0, help="seed of the --tiny-random weights (default 0)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
-                   help="weights dtype written (default bfloat16; float32 for exact CPU comparisons)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float16",
+                   help="weights dtype written (default float16, the official evaluation's; float32 for exact "
+                        "comparisons on a CPU)")
     return p
 
 
