@@ -131,9 +131,9 @@ def test_openai_and_local_give_the_same_token_ids(tiny_pipelines):
 # ------------------------------------------------------------------ 2. vlm3r-eval and vlm3r-sim-eval
 def test_vlm3r_eval_offline_openai_scores_as_local(llm_server, tmp_path):
     from vlm3r_ros.tools import eval as eval_tool
-    from vlm3r_ros.tools import sample_data
+    from vlm3r_ros.media import sample_scene
 
-    sample_data.write_sequence(tmp_path / 'scannet' / 'room_a', n_frames=6, size=(96, 72), seed=1)
+    sample_scene.write_sequence(tmp_path / 'scannet' / 'room_a', n_frames=6, size=(96, 72), seed=1)
     scene = dict(dataset='scannet', scene_name='room_a', video_path='scannet/room_a')
     rows = [dict(id=0, **scene, question_type='object_counting', question='How many chairs are in this room?',
                  options=None, ground_truth='4'),
@@ -155,9 +155,10 @@ def test_vlm3r_eval_offline_openai_scores_as_local(llm_server, tmp_path):
 
 
 def test_vlm3r_ask_openai_answers_as_local(llm_server, tmp_path, capsys):
-    from vlm3r_ros.tools import ask, sample_data
+    from vlm3r_ros.media import sample_scene
+    from vlm3r_ros.tools import ask
 
-    sample_data.write_sequence(tmp_path / 'frames', n_frames=5, size=(96, 72), seed=4)
+    sample_scene.write_sequence(tmp_path / 'frames', n_frames=5, size=(96, 72), seed=4)
     docs = {}
     for backend in ('local', 'openai'):
         capsys.readouterr()

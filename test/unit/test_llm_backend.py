@@ -231,9 +231,9 @@ def test_tool_options_and_node_parameters(tmp_path, capsys):
     assert check_parameter('llm_url', 'http://10.0.0.5:8000/v1') is None
     assert check_parameter('llm_backend', 'remote').startswith('llm_backend must be one of local, openai')
     # vlm3r-ask / vlm3r-eval: a missing model name is a one-line user error (exit 2)
-    from vlm3r_ros.tools import sample_data
+    from vlm3r_ros.media import sample_scene
 
-    sample_data.write_sequence(tmp_path / 'frames', n_frames=2, size=(64, 48), seed=0)
+    sample_scene.write_sequence(tmp_path / 'frames', n_frames=2, size=(64, 48), seed=0)
     capsys.readouterr()
     assert ask.main(['--tiny-random', '--frames', str(tmp_path / 'frames'), '--question', 'q', '--no-progress',
                      '--llm-backend', 'openai']) == 2

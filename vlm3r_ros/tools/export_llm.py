@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from vlm3r_ros.tools.run_cut3r import DTYPES, ToolError, _one_line
+from vlm3r_ros.engine.loading import DTYPES
+from vlm3r_ros.errors import UserError, one_line
 
 PROG = "vlm3r-export-llm"
 
@@ -60,22 +61,22 @@ def load(args):
             vlm, report = load_vlm3r(args.base, args.adapter, dtype=dtype,
                                      tokenizer_size=tokenizer.get_vocab_size(with_added_tokens=True))
         except CheckpointError as exc:
-            raise ToolError(_one_line(str(exc))) from None
+            raise UserError(one_line(str(exc))) from None
         except torch.OutOfMemoryError:
-            raise ToolError(f"out of memory loading VLM-3R as {args.dtype}") from None
+            raise UserError(f"out of memory loading VLM-3R as {args.dtype}") from None
         print(report.summary(), file=sys.stderr)
         return vlm, tokenizer, f"base {args.base}, adapter {args.adapter} (LoRA merged)"
     except TokenizerError as exc:
-        raise ToolError(_one_line(str(exc))) from None
+        raise UserError(one_line(str(exc))) from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.tiny_random == (args.base is not None):
-            raise ToolError("give either --base (with --adapter) or --tiny-random")
+            raise UserError("give either --base (with --adapter) or --tiny-random")
         if args.base is not None and args.adapter is None:
-            raise ToolError("--adapter is required with --base: VLM-3R's LLM is the base with its LoRA merged")
+            raise UserError("--adapter is required with --base: VLM-3R's LLM is the base with its LoRA merged")
         from vlm3r_ros.engine.llm_export import export_llm
 
         start = time.perf_counter()
@@ -83,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             out = export_llm(vlm, tokenizer, args.output, source=source)
         except (OSError, ValueError) as exc:
-            raise ToolError(_one_line(str(exc))) from None
-    except ToolError as exc:
+            raise UserError(one_line(str(exc))) from None
+    except UserError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out} ({source}, {args.dtype}) in {time.perf_counter() - start:.1f} s")
