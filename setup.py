@@ -21,6 +21,7 @@ CONSOLE_SCRIPTS = {
     'vlm3r-sim-eval': 'vlm3r_ros.tools.sim_eval:main',
     'vlm3r-eval': 'vlm3r_ros.tools.eval:main',
     'vlm3r-gen-qa': 'vlm3r_ros.tools.gen_qa:main',
+    'vlm3r-export-llm': 'vlm3r_ros.tools.export_llm:main',
 }
 
 setup(

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from vlm3r_ros.engine.llm_backend import LlmBackendError
 from vlm3r_ros.engine.vlm3r_pipeline import FrameFeatures, Vlm3rAnswer, Vlm3rPipeline, uniform_frame_indices
 from vlm3r_ros.models.cut3r.processing import ImageFormatError
 from vlm3r_ros.models.vlm.modeling_vlm3r import Vlm3rInputError
@@ -175,6 +176,8 @@ class SpatialEngine:
                 raise EngineError(code, str(exc)) from None
             except ValueError as exc:  # prompt validation
                 raise EngineError("BAD_REQUEST", str(exc)) from None
+            except LlmBackendError as exc:  # the LLM server (llm_backend openai); the window is untouched
+                raise EngineError(exc.code, exc.message) from None
             with self._lock:
                 self._stats.queries_answered += 1
             return QueryResult(answer, len(entries), entries[0].stamp_ns, entries[-1].stamp_ns,
