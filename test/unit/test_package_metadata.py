@@ -165,3 +165,16 @@ def test_readme_workspace_steps_are_the_integration_test_steps():
     for used in ("'colcon'), 'build'", "'--symlink-install'", "/install/setup.bash",
                  "--params-file {share}/config/tiny.yaml"):
         assert used in test, used
+
+
+def test_generated_interfaces_live_outside_the_source_tree():
+    """The set-up builds vlm3r_ros.msg / .srv into build/ (reached through vlm3r_ros.pkg and
+    pkgutil.extend_path); the source package holds only hand-written modules."""
+    import vlm3r_ros.msg
+    import vlm3r_ros.srv
+
+    source = ROOT / 'vlm3r_ros'
+    assert not (source / 'msg').exists() and not (source / 'srv').exists() and not list(source.glob('*.so'))
+    for module in (vlm3r_ros.msg, vlm3r_ros.srv):
+        assert not Path(module.__file__).resolve().is_relative_to(source), module.__file__
+    assert Path(vlm3r_ros.__path__[0]).resolve() == source.resolve()  # hand-written modules come first
