@@ -167,7 +167,7 @@ log "4/5 building tf2_msgs (not among the wheels) in $BUILD/tf2_msgs"
 bash "$ROOT/scripts/build_tf2_msgs.sh" "$VENV" "$BUILD/tf2_msgs"
 # 4b. Our msg/ and srv/. The C libraries and share/ go into .venv like a wheel's; the
 # generated Python (PYTHON_INSTALL_DIR) into build/python, where pip never sees rosidl's
-# egg-info as the same distribution. Only msg/, srv/ and the typesupport extensions are
+# egg-info as the same distribution. Only msg/, srv/ (action/) and the typesupport extensions are
 # kept, in build/interfaces_py/vlm3r_ros, which site-packages/vlm3r_ros.pkg names for
 # vlm3r_ros/__init__.py (pkgutil.extend_path). Nothing is written into the source tree.
 log "4/5 building msg/ and srv/ with CMake in $BUILD"
@@ -179,7 +179,10 @@ cmake_install_package "$ROOT" "$BUILD" -DPYTHON_INSTALL_DIR="$BUILD/python"
 INTERFACES_PY="$BUILD/interfaces_py/$PKG"
 rm -rf "$BUILD/interfaces_py"
 mkdir -p "$INTERFACES_PY"
-cp -R "$BUILD/python/$PKG/msg" "$BUILD/python/$PKG/srv" "$BUILD/python/$PKG"/*.so "$INTERFACES_PY/"
+for kind in msg srv action; do  # the interface kinds rosidl generates (action once there is one)
+  if [[ -d "$BUILD/python/$PKG/$kind" ]]; then cp -R "$BUILD/python/$PKG/$kind" "$INTERFACES_PY/"; fi
+done
+cp "$BUILD/python/$PKG"/*.so "$INTERFACES_PY/"
 SITE_PACKAGES="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
 printf '%s\n' "$INTERFACES_PY" >"$SITE_PACKAGES/$PKG.pkg"
 
