@@ -1,6 +1,6 @@
 """One question about a video or an image folder, offline: the official VSI-Bench evaluation path.
 
-What ``vlm3r-ask`` runs (shared/reference/vlm3r/README.md, sections 2-3):
+What ``vlm3r-ask`` runs (test/fixtures/reference/vlm3r/README.md, sections 2-3):
 
   1. the sampled frames (:func:`vlm3r_ros.media.frames.open_input`) are read one by one;
   2. each goes through one CUT3R stream and the per-frame half of VLM-3R as it arrives, so a

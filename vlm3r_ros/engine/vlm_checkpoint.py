@@ -1,6 +1,6 @@
 """Loading VLM-3R: the LLaVA-Video-Qwen2 base folder, plus the VLM-3R LoRA adapter folder.
 
-The official loader (``llava/model/builder.py``, spec in ``shared/reference/vlm3r/README.md``
+The official loader (``llava/model/builder.py``, spec in ``test/fixtures/reference/vlm3r/README.md``
 section 4) loads the base with transformers, overwrites the fusion block and projector
 from ``non_lora_trainables.bin``, merges the LoRA with PEFT and shrinks the vocabulary to
 the tokenizer. We do the same without transformers' loader or PEFT:

@@ -6,7 +6,7 @@
     vlm3r-ask ... --frames FOLDER --question "Which is closer to the bed?" --options "A. sofa" "B. desk"
     vlm3r-ask --tiny-random --frames FOLDER --question "..."   # pipeline test: meaningless answers
 
-What it does is the official VSI-Bench evaluation path (shared/reference/vlm3r/README.md, sections 2-3):
+What it does is the official VSI-Bench evaluation path (test/fixtures/reference/vlm3r/README.md, sections 2-3):
 
   1. Sampling: ``--num-frames`` (32) frames at ``np.linspace(0, total-1, min(total, 32), dtype=int)``.
      An image folder (png/jpg/jpeg/bmp, sorted by name, numbers compared numerically) is
