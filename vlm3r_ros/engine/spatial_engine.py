@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from vlm3r_ros.engine.errors import EngineError
+from vlm3r_ros.engine.llm_backend import LlmBackendError
 from vlm3r_ros.engine.prefix_cache import (FRAME_SELECTIONS, PrefixCache, PrefixCacheStats, PrefixKey,
                                            select_positions)
 from vlm3r_ros.engine.query_queue import QueryQueue, QueueStats, Ticket
@@ -211,10 +212,11 @@ class SpatialEngine:
         self._prefixes.retain(lambda key: key.segment_id == segment and key.frames[0] >= oldest)
         try:
             prefix = None
-            if self._prefixes.enabled:
+            # A KV prefix lives in this process's LLM: a remote one (llm_backend openai) prefills itself.
+            if self._prefixes.enabled and self.pipeline.llm.name == "local":
                 vlm = self.pipeline.vlm
                 key = PrefixKey(segment, tuple(e.index for e in entries), str(vlm.dtype).removeprefix("torch."),
-                                f"transformers:{vlm.device.type}")
+                                f"{self.pipeline.llm.name}:{vlm.device.type}")
                 prefix, _how = self._prefixes.get(key, lambda base: self.pipeline.build_prefix(features, base),
                                                   lambda p: p.nbytes())
             ticket.raise_if_cancelled()
@@ -226,6 +228,8 @@ class SpatialEngine:
             raise EngineError(code, str(exc)) from None
         except ValueError as exc:  # prompt validation
             raise EngineError("BAD_REQUEST", str(exc)) from None
+        except LlmBackendError as exc:  # the LLM server (llm_backend openai); the window is untouched
+            raise EngineError(exc.code, exc.message) from None
         ticket.raise_if_cancelled()  # stopped mid-answer: the text is cut short, not an answer
         return QueryResult(answer, len(entries), entries[0].stamp_ns, entries[-1].stamp_ns,
                            time.perf_counter() - admitted)

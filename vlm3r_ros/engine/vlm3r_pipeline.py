@@ -22,6 +22,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from vlm3r_ros.engine.cut3r_stream import Cut3rStream
+from vlm3r_ros.engine.llm_backend import LocalLlm
 from vlm3r_ros.media.frames import EVAL_NUM_FRAMES, uniform_frame_indices  # the official sampling
 from vlm3r_ros.models.cut3r import Cut3rModel
 from vlm3r_ros.models.cut3r.processing import preprocess_siglip, siglip_to_cut3r
@@ -64,7 +65,7 @@ class Vlm3rAnswer:
 
 
 class Vlm3rPipeline:
-    def __init__(self, vlm: Vlm3rModel, cut3r: Cut3rModel, tokenizer, *, with_geometry: bool = False):
+    def __init__(self, vlm: Vlm3rModel, cut3r: Cut3rModel, tokenizer, *, with_geometry: bool = False, llm=None):
         if cut3r.config.dec_embed_dim != vlm.config.spatial_dim:
             raise ValueError(f"CUT3R tokens are {cut3r.config.dec_embed_dim} wide but the VLM fusion block "
                              f"expects {vlm.config.spatial_dim}: mismatched checkpoints")
@@ -73,6 +74,7 @@ class Vlm3rPipeline:
         self.tokenizer = tokenizer
         self.with_geometry = with_geometry
         self.stop_ids = stop_token_ids(tokenizer)  # <|im_end|>, as the official KeywordsStoppingCriteria
+        self.llm = llm if llm is not None else LocalLlm()  # where the LLM half runs (engine/llm_backend.py)
         self._head_ids: tuple[int, ...] | None = None
 
     def new_stream(self) -> Cut3rStream:
@@ -150,7 +152,7 @@ class Vlm3rPipeline:
         prompt = build_prompt(question, options)
         ids = tokenize_with_image(prompt, self.tokenizer)
         streamer = _ReplyStreamer(self.tokenizer, start, on_token)
-        gen = self.vlm.generate(ids, pooled, max_new_tokens=max_new_tokens, stop_token_ids=self.stop_ids,
+        gen = self.llm.generate(self.vlm, ids, pooled, max_new_tokens=max_new_tokens, stop_token_ids=self.stop_ids,
                                 prefix=prefix, streamer=streamer, stop_event=stop_event)
         text = decode_reply(gen.token_ids, self.tokenizer)
         parsed = parse_answer(text, options, answer_type)

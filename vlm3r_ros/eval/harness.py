@@ -181,6 +181,7 @@ class OfflineBackend:
 
     def answer(self, row: BenchmarkRow, options: list[str] | None) -> Reply:
         # torch only for the offline backend (see start_scene)
+        from vlm3r_ros.engine.llm_backend import LlmBackendError
         from vlm3r_ros.models.vlm.modeling_vlm3r import Vlm3rInputError
         from vlm3r_ros.models.vlm.prompting import PromptError
 
@@ -194,6 +195,8 @@ class OfflineBackend:
         except Vlm3rInputError as exc:
             code = "CONTEXT_TOO_LONG" if "context" in str(exc) else "BAD_REQUEST"
             return Reply(error=f"{code}: {exc}")
+        except LlmBackendError as exc:  # the LLM server (--llm-backend openai): asked again on resume
+            return Reply(error=str(exc))
         return Reply(text=result.text, frames_used=result.frames_used, latency_s=result.latency_s)
 
     def end_scene(self) -> None:

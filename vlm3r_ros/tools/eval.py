@@ -40,6 +40,7 @@ from vlm3r_ros.eval.benchmark import BenchmarkError, check_media, load_benchmark
 from vlm3r_ros.eval.harness import HarnessError, OfflineBackend
 from vlm3r_ros.eval.metrics import ScoringError
 from vlm3r_ros.tools.ask import DEFAULT_MAX_NEW_TOKENS, DEFAULT_NUM_FRAMES
+from vlm3r_ros.tools.llm_args import add_llm_arguments, tool_llm
 from vlm3r_ros.tools.model_options import OVERRIDES_HELP, check_weight_args, model_source, parse_device, weight_options
 
 PROG = "vlm3r-eval"
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     off.add_argument("--threads", type=int, help="torch CPU threads")
     off.add_argument("--seed", type=int, default=0, help="seed of the --tiny-random weights (default 0)")
 
+    add_llm_arguments(p)  # offline backend: where its LLM half runs
     live = p.add_argument_group("live backend (a running vlm3r-node)")
     live.add_argument("--namespace", default="", help="the node's namespace (default: none)")
     live.add_argument("--node-name", default="vlm3r_node", help="the node's name (default vlm3r_node)")
@@ -110,6 +112,9 @@ def check_args(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     weights = weight_options(args)
     if args.backend == "live":
+        if args.llm_backend != "local":
+            raise UserError("--llm-backend is for --backend offline; the live node's llm_backend parameter says "
+                            "where its LLM runs")
         if args.tiny_random or weights:
             raise UserError("--tiny-random / --base / --adapter / --cut3r / --vlm-config-overrides are for --backend "
                             "offline; the live node loads its own weights (its vlm_config_overrides parameter)")
@@ -125,7 +130,7 @@ def make_offline_backend(args):
     dtype_name = dtype_name_for(args.dtype, device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_models(model_source(args), device, DTYPES[dtype_name])
+    loaded = load_models(model_source(args), device, DTYPES[dtype_name], llm=tool_llm(args))
     if loaded.report is not None:
         print(loaded.report.summary(), file=sys.stderr)
     print(f"{PROG}: models: {loaded.label} on {device} ({dtype_name}), loaded in {loaded.seconds:.1f} s",

@@ -145,6 +145,21 @@ class Vlm3rModel(nn.Module):
         return splice_embeddings(input_ids, visual, self.llm.get_input_embeddings())
 
     @torch.inference_mode()
+    def prompt_embeds(self, input_ids, pooled_frames: torch.Tensor,
+                      max_new_tokens: int = 16) -> tuple[torch.Tensor, int]:
+        """The LLM's input: (L, H) prompt embeddings with the visual tokens spliced in, and the
+        visual token count. Refuses a prompt that cannot fit ``max_new_tokens`` in the context.
+        Everything an LLM server needs to answer (llm_backend ``openai``) is in these embeddings."""
+        visual = self.visual_sequence(pooled_frames)
+        embeds = self.splice(input_ids, visual)
+        total = embeds.shape[0] + max_new_tokens - 1  # the last generated token is never fed back
+        if total > self.config.max_context_tokens:
+            raise Vlm3rInputError(
+                f"{embeds.shape[0]} prompt tokens ({visual.shape[0]} visual) + {max_new_tokens} new tokens exceed "
+                f"the {self.config.max_context_tokens}-token context; use fewer frames")
+        return embeds, visual.shape[0]
+
+    @torch.inference_mode()
     def prefill_prefix(self, head_ids, pooled_frames: torch.Tensor, base: "VisualPrefix | None" = None
                        ) -> "VisualPrefix":
         """The LLM's KV cache of ``[head_ids, visual tokens of pooled_frames]``: everything of the prompt
@@ -184,16 +199,10 @@ class Vlm3rModel(nn.Module):
         ``stop_event`` (a ``threading.Event``) stops decoding after the step in progress.
         """
         ids = torch.as_tensor(input_ids, dtype=torch.long).flatten()
-        visual = self.visual_sequence(pooled_frames)
-        embeds = self.splice(ids, visual)
-        total = embeds.shape[0] + max_new_tokens - 1  # the last generated token is never fed back
-        if total > self.config.max_context_tokens:
-            raise Vlm3rInputError(
-                f"{embeds.shape[0]} prompt tokens ({visual.shape[0]} visual) + {max_new_tokens} new tokens exceed "
-                f"the {self.config.max_context_tokens}-token context; use fewer frames")
+        embeds, visual_tokens = self.prompt_embeds(ids, pooled_frames, max_new_tokens)
         if prefix is not None:
             head = tuple(ids[:int((ids == IMAGE_TOKEN_INDEX).nonzero()[0])].tolist())
-            if head != prefix.head_ids or prefix.length != len(head) + visual.shape[0] \
+            if head != prefix.head_ids or prefix.length != len(head) + visual_tokens \
                     or prefix.frames != pooled_frames.shape[0]:
                 raise Vlm3rInputError("the cached prefix was built for another prompt head or other frames")
             cache = fork_cache(prefix.cache)
@@ -211,7 +220,7 @@ class Vlm3rModel(nn.Module):
         stopped = bool(generated) and generated[-1] in stops
         if stopped:
             generated = generated[:-1]
-        return Vlm3rGeneration(generated, embeds.shape[0], visual.shape[0], stopped, prefilled_tokens=prefilled)
+        return Vlm3rGeneration(generated, embeds.shape[0], visual_tokens, stopped, prefilled_tokens=prefilled)
 
 
 @dataclass

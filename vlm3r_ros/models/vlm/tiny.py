@@ -17,8 +17,10 @@ QWEN2_TOKENIZER_SIZE = 151_646  # 151,643 BPE ranks + <|endoftext|>, <|im_start|
 
 TINY_VLM3R = Vlm3rConfig(
     vision=SiglipSettings(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4),
-    llm=Qwen2Settings(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=QWEN2_TOKENIZER_SIZE, max_position_embeddings=32768),
+    # head_dim 32 (2 query heads sharing 1 key/value head, grouped as Qwen2-7B's 28/4): the smallest
+    # head size vLLM's CPU attention runs, so a real vLLM server can serve this LLM (llm_backend openai)
+    llm=Qwen2Settings(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, vocab_size=QWEN2_TOKENIZER_SIZE, max_position_embeddings=32768),
     spatial_dim=32,  # the tiny CUT3R's decoder width
     fusion_num_heads=4,
 )
