@@ -39,6 +39,7 @@ cores, which is part of what is measured. Results go to stdout and, with --json,
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -324,9 +325,16 @@ def memory_phase(args, env, probe, node, frames_dir, log_dir, image_topic, resul
     samples = []  # (frames processed in this phase, RSS MiB, seconds)
     t0 = time.monotonic()
     next_print = 0
+    asked, outcomes, last_ask = 0, [], -math.inf  # questions during the soak (--rss-query-period)
     try:
         while True:
             time.sleep(1.0)
+            if args.rss_query_period and time.monotonic() - last_ask >= args.rss_query_period:
+                from vlm3r_ros.srv import SpatialQuery
+
+                future = probe.query_client.call_async(SpatialQuery.Request(question="How many chairs are there?"))
+                future.add_done_callback(lambda f: outcomes.append(f.result().error.split(":")[0] or "answered"))
+                asked, last_ask = asked + 1, time.monotonic()
             if not node.running():
                 raise RuntimeError(f"the node exited:\n{node.tail()}")
             if not player.running():
@@ -357,16 +365,18 @@ def memory_phase(args, env, probe, node, frames_dir, log_dir, image_topic, resul
     print(f"   RSS: at 10% of the run {first:.1f} MiB, at the end {rss[-1]:.1f} MiB, max {max(rss):.1f} MiB; "
           f"slope over the second half {slope:+.2f} MiB per 1,000 frames "
           f"({samples[-1][0]} frames in {samples[-1][2]:.0f} s)")
+    if asked:
+        print(f"   questions during the run: {asked} asked, outcomes {dict(collections.Counter(outcomes))}")
     results["memory"] = dict(frames=samples[-1][0], seconds=samples[-1][2], rss_mib_at_10pct=first,
                              rss_mib_end=rss[-1], rss_mib_max=max(rss), slope_mib_per_1000_frames=slope,
-                             samples=samples)
+                             samples=samples, questions_asked=asked, question_outcomes=outcomes)
 
 
 # ------------------------------------------------------------------ main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params-file", type=Path, default=REPO / "config" / "tiny.yaml")
-    parser.add_argument("--rates", type=lambda t: [float(v) for v in t.split(",")], default=[10.0, 30.0],
+    parser.add_argument("--rates", type=lambda t: [float(v) for v in t.split(",") if v], default=[10.0, 30.0],
                         help="camera rates of the rate phases, comma-separated (default 10,30)")
     parser.add_argument("--phase-frames", type=int, default=300, help="frames published per rate phase")
     parser.add_argument("--keepup-frames", type=int, default=60,
@@ -375,6 +385,8 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=5000,
                         help="frames the node must process in the memory phase (default 5000; 0: skip)")
     parser.add_argument("--rss-rate", type=float, default=30.0, help="camera rate of the memory phase")
+    parser.add_argument("--rss-query-period", type=float, default=0.0,
+                        help="in the memory phase, ask a question every this many seconds (0: none)")
     parser.add_argument("--size", default="640x480", help="camera frame size WxH (default 640x480)")
     parser.add_argument("--engine-frames", type=int, default=60,
                         help="frames for the engine-alone step time (0: skip)")

@@ -67,7 +67,7 @@ inputs_hash() {
   local f
   {
     for f in requirements.txt constraints.txt setup.py pyproject.toml package.xml \
-             CMakeLists.txt scripts/setup.sh msg/*.msg srv/*.srv scripts/ros2_run_launchers.py \
+             CMakeLists.txt scripts/setup.sh msg/*.msg srv/*.srv action/*.action scripts/ros2_run_launchers.py \
              vlm3r_ros/__init__.py \
              scripts/build_tf2_msgs.sh scripts/cmake_install.sh interfaces/tf2_msgs/CMakeLists.txt \
              interfaces/tf2_msgs/package.xml interfaces/tf2_msgs/msg/*.msg; do
@@ -172,7 +172,7 @@ bash "$ROOT/scripts/build_tf2_msgs.sh" "$VENV" "$BUILD/tf2_msgs"
 # vlm3r_ros/__init__.py (pkgutil.extend_path). Nothing is written into the source tree.
 log "4/5 building msg/ and srv/ with CMake in $BUILD"
 # Set-ups before this one generated into the source package; those copies would shadow.
-rm -rf "$ROOT/$PKG/msg" "$ROOT/$PKG/srv"
+rm -rf "$ROOT/$PKG/msg" "$ROOT/$PKG/srv" "$ROOT/$PKG/action"
 rm -f "$ROOT/$PKG"/*.so
 rm -rf "$BUILD/python"  # a removed .msg must not survive
 cmake_install_package "$ROOT" "$BUILD" -DPYTHON_INSTALL_DIR="$BUILD/python"

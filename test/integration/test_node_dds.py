@@ -263,20 +263,17 @@ def test_query_answers_about_the_window(client):
     assert response.success is True and stamp_ns(response.window_start) >= last - 250_000_000
 
 
-def test_eight_concurrent_queries_are_answered_or_busy(client):
+def test_eight_concurrent_queries_wait_in_the_queue_and_are_all_answered(client):
+    # One runs (max_concurrent_queries 1) and seven wait in the queue (query_queue_depth 8): none is
+    # refused, and each gets its own answer.
     requests = [SpatialQuery.Request(question=f'How many chairs are there? ({i})', answer_type='number',
                                      max_new_tokens=TINY['max_new_tokens_limit']) for i in range(8)]
     client.spin_until(lambda: client.query_client.service_is_ready(), 'spatial_query available')
     futures = [client.query_client.call_async(r) for r in requests]
     client.spin_until(lambda: all(f.done() for f in futures), 'all 8 concurrent queries answered')
     responses = [f.result() for f in futures]
-    answered = [r for r in responses if r.success]
-    busy = [r for r in responses if not r.success]
-    assert answered, [r.error for r in responses]
-    assert all(r.error.startswith('BUSY: ') and ERROR_RE.match(r.error) for r in busy), [r.error for r in busy]
-    assert len(answered) + len(busy) == 8
-    # One question runs (max_concurrent_queries 1, >= 64 new tokens); the others came meanwhile.
-    assert busy, 'no BUSY: the 8 questions ran one after another'
+    assert all(r.success for r in responses), [r.error for r in responses]
+    assert all(r.frames_used >= 1 for r in responses)
 
 
 @pytest.mark.parametrize('fields, code', [

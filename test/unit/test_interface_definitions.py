@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from vlm3r_ros.action import SpatialQuery as SpatialQueryAction
 from vlm3r_ros.msg import SpatialState
 from vlm3r_ros.srv import SpatialQuery
 
@@ -53,6 +54,16 @@ SPATIAL_QUERY_RESPONSE_FIELDS = {
 ], ids=['SpatialState', 'SpatialQuery.Request', 'SpatialQuery.Response'])
 def test_generated_fields(msg_type, expected):
     assert msg_type.get_fields_and_field_types() == expected
+
+
+def test_action_goal_and_result_are_the_service_request_and_response():
+    assert SpatialQueryAction.Goal.get_fields_and_field_types() == SPATIAL_QUERY_REQUEST_FIELDS
+    assert SpatialQueryAction.Result.get_fields_and_field_types() == SPATIAL_QUERY_RESPONSE_FIELDS
+    assert SpatialQueryAction.Feedback.get_fields_and_field_types() == {'text': 'string',
+                                                                        'tokens_generated': 'uint32'}
+    text = (ROOT / 'action/SpatialQuery.action').read_text()
+    for comment in ('# The reply text so far', '# Tokens generated so far', 'CANCELLED', 'BUSY'):
+        assert comment in text
 
 
 def test_defaults_are_empty():

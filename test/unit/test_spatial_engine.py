@@ -281,7 +281,7 @@ def test_limits_themselves_are_accepted(pipeline, frames):
 
 # ------------------------------------------------------------------ threads
 def test_queries_beyond_the_limit_are_refused_busy_while_one_runs(pipeline, frames, held_llm):
-    engine = make_engine(pipeline, max_concurrent_queries=1)
+    engine = make_engine(pipeline, max_concurrent_queries=1, query_queue_depth=0)  # no waiting room
     engine.ingest(frames[0], 0)
     running = run_in_thread(engine.query, QUESTION)
     held_llm.wait_entered()
@@ -296,7 +296,8 @@ def test_queries_beyond_the_limit_are_refused_busy_while_one_runs(pipeline, fram
 
 
 def test_two_concurrent_queries_allowed_third_busy(pipeline, frames, held_llm):
-    engine = make_engine(pipeline, max_concurrent_queries=2)
+    # no prefix cache: with it, the second question would wait for the first's prefix of the same frames
+    engine = make_engine(pipeline, max_concurrent_queries=2, query_queue_depth=0, prefix_cache_mb=0)
     engine.ingest(frames[0], 0)
     threads = [run_in_thread(engine.query, QUESTION) for _ in range(2)]
     held_llm.wait_entered(2)  # both inside the LLM at the same time
@@ -326,8 +327,24 @@ def test_query_sees_a_consistent_snapshot_while_ingest_continues(pipeline, frame
     assert (now.frames_used, now.window_start_ns, now.window_end_ns) == (3, 300 * MS, 500 * MS)
 
 
+def test_a_question_waits_in_the_queue_while_one_runs_and_then_is_answered(pipeline, frames, held_llm):
+    engine = make_engine(pipeline, max_concurrent_queries=1, query_queue_depth=1)
+    engine.ingest(frames[0], 0)
+    running = run_in_thread(engine.query, QUESTION)
+    held_llm.wait_entered()
+    waiting = engine.submit('How far is the door?', max_new_tokens=1)  # admitted at once
+    assert error_code(engine.query, QUESTION) == 'BUSY'  # one running + one waiting: full
+    stats = engine.stats().queue
+    assert (stats.running, stats.waiting, stats.refused_busy) == (1, 1, 1)
+    held_llm.release.set()
+    assert joined(*running).frames_used == 1
+    assert waiting.result(EVENT_TIMEOUT_S).frames_used == 1
+    assert engine.stats().queries_answered == 2
+    engine.close()
+
+
 def test_reset_while_a_query_runs_does_not_disturb_it(pipeline, frames, held_llm):
-    engine = make_engine(pipeline)
+    engine = make_engine(pipeline, query_queue_depth=0)
     ingest_all(engine, frames[:2])
     query = run_in_thread(engine.query, QUESTION)
     held_llm.wait_entered()

@@ -65,11 +65,14 @@ class LocalLlm:
     name = "local"
 
     def generate(self, vlm: Vlm3rModel, input_ids, pooled_frames: torch.Tensor, *, max_new_tokens: int,
-                 stop_token_ids: tuple[int, ...] = ()) -> Vlm3rGeneration:
+                 stop_token_ids: tuple[int, ...] = (), prefix=None, streamer=None, stop_event=None
+                 ) -> Vlm3rGeneration:
+        """``prefix`` (a cached VisualPrefix), ``streamer`` and ``stop_event`` as Vlm3rModel.generate."""
         if isinstance(vlm.llm, InputEmbeddingsOnly):
             raise LlmBackendError("LLM_NOT_LOADED", "this model was loaded without its LLM layers (llm_backend "
                                                     "openai); answer with an OpenAiLlm")
-        return vlm.generate(input_ids, pooled_frames, max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids)
+        return vlm.generate(input_ids, pooled_frames, max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids,
+                            prefix=prefix, streamer=streamer, stop_event=stop_event)
 
     def close(self) -> None:
         pass
@@ -200,15 +203,28 @@ class OpenAiLlm:
         }
 
     def generate(self, vlm: Vlm3rModel, input_ids, pooled_frames: torch.Tensor, *, max_new_tokens: int,
-                 stop_token_ids: tuple[int, ...] = ()) -> Vlm3rGeneration:
+                 stop_token_ids: tuple[int, ...] = (), prefix=None, streamer=None, stop_event=None
+                 ) -> Vlm3rGeneration:
+        """One completions request. ``prefix`` must be None (the KV cache lives on the server);
+        ``streamer`` gets the whole reply at once when it arrives (no token streaming over HTTP
+        here); ``stop_event`` set before the request is sent skips it."""
+        if prefix is not None:
+            raise ValueError("a local KV prefix cannot be used with an LLM server")
         embeds, visual_tokens = vlm.prompt_embeds(input_ids, pooled_frames, max_new_tokens)
+        if stop_event is not None and stop_event.is_set():
+            return Vlm3rGeneration([], embeds.shape[0], visual_tokens, False, prefilled_tokens=0)
         doc = self.post("/completions", self.request_body(embeds, max_new_tokens, stop_token_ids))
         ids, finish = self.read_token_ids(doc)
         stopped = bool(ids) and ids[-1] in stop_token_ids
         if stopped:
             ids = ids[:-1]  # the local loop never returns its stop token
         stopped = stopped or (finish == "stop" and len(ids) < max_new_tokens)
-        return Vlm3rGeneration(ids, embeds.shape[0], visual_tokens, stopped)
+        if streamer is not None:  # the streamer protocol: the prompt first, then the new ids
+            streamer.put(torch.empty(1, 0, dtype=torch.long))
+            for i in ids:
+                streamer.put(torch.tensor([i]))
+            streamer.end()
+        return Vlm3rGeneration(ids, embeds.shape[0], visual_tokens, stopped, prefilled_tokens=embeds.shape[0])
 
     def read_token_ids(self, doc) -> tuple[list[int], str]:
         try:

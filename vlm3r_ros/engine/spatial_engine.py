@@ -4,10 +4,15 @@
   VLM half; the frame's visual tokens, stamp and pose go into a bounded ring buffer
   (``window_capacity`` frames; with ``keyframe_stride`` k, every k-th processed frame is
   kept, but every frame still updates CUT3R's state).
-* ``query(...)`` — called from any thread: takes a consistent snapshot of the window, picks
-  up to ``max_frames`` frames uniformly inside the requested time window, runs the LLM.
-  Ingestion keeps going meanwhile. At most ``max_concurrent_queries`` run at once; the
-  rest are refused at once with ``BUSY``.
+* ``submit(...)`` — called from any thread, never waits: checks the request and admits it
+  into a bounded FIFO (:mod:`vlm3r_ros.engine.query_queue`: ``query_queue_depth`` waiting,
+  ``max_concurrent_queries`` running, ``BUSY`` at once when full, ``QUEUE_TIMEOUT`` after
+  ``query_queue_timeout`` s of waiting); returns a :class:`~vlm3r_ros.engine.query_queue.Ticket`
+  whose outcome always comes. When a worker takes it, it snapshots the window, picks up to
+  ``max_frames`` frames inside the requested time window (``frame_selection``), takes the
+  visual prefix from the :class:`~vlm3r_ros.engine.prefix_cache.PrefixCache` (or computes it)
+  and runs the LLM on the question only. Ingestion keeps going meanwhile.
+  ``query(...)`` is ``submit(...).result()``; ``close()`` answers everything ``SHUTTING_DOWN``.
 * ``reset()`` — clears the CUT3R state and the window; a new segment starts.
 
 Errors are :class:`EngineError` with a stable UPPER_CASE ``code``.
@@ -24,21 +29,17 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from vlm3r_ros.engine.errors import EngineError
 from vlm3r_ros.engine.llm_backend import LlmBackendError
-from vlm3r_ros.engine.vlm3r_pipeline import FrameFeatures, Vlm3rAnswer, Vlm3rPipeline, uniform_frame_indices
+from vlm3r_ros.engine.prefix_cache import (FRAME_SELECTIONS, PrefixCache, PrefixCacheStats, PrefixKey,
+                                           select_positions)
+from vlm3r_ros.engine.query_queue import QueryQueue, QueueStats, Ticket
+from vlm3r_ros.engine.vlm3r_pipeline import FrameFeatures, Vlm3rAnswer, Vlm3rPipeline
 from vlm3r_ros.models.cut3r.processing import ImageFormatError
 from vlm3r_ros.models.vlm.modeling_vlm3r import Vlm3rInputError
 
 ANSWER_TYPES = ("auto", "choice", "number", "text")
-
-
-class EngineError(Exception):
-    """A refused request: ``code`` is stable (e.g. NO_FRAMES), ``message`` a sentence."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+__all__ = ["EngineError", "EngineConfig", "SpatialEngine", "QueryResult", "Ticket"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,11 @@ class EngineConfig:
     max_question_chars: int = 2000
     max_options: int = 26
     auto_reset_frames: int = 0  # 0 = never; else start a new segment after this many frames
-    max_concurrent_queries: int = 1
+    max_concurrent_queries: int = 1  # questions run at once (worker threads)
+    query_queue_depth: int = 8  # questions that may wait for a worker; more are refused BUSY
+    query_queue_timeout: float = 60.0  # seconds a question may wait before QUEUE_TIMEOUT; 0 = no limit
+    prefix_cache_mb: float = 1024.0  # visual-prefix KV cache bound; 0 = off
+    frame_selection: str = "uniform"  # "uniform" (official) or "keyframes" (stream: append-only prefix)
 
     def validate(self) -> "EngineConfig":
         checks = [
@@ -63,6 +68,11 @@ class EngineConfig:
             (self.max_question_chars >= 1, "max_question_chars must be >= 1"),
             (self.auto_reset_frames >= 0, "auto_reset_frames must be >= 0"),
             (self.max_concurrent_queries >= 1, "max_concurrent_queries must be >= 1"),
+            (self.query_queue_depth >= 0, "query_queue_depth must be >= 0"),
+            (math.isfinite(self.query_queue_timeout) and self.query_queue_timeout >= 0,
+             "query_queue_timeout must be a finite number >= 0"),
+            (math.isfinite(self.prefix_cache_mb) and self.prefix_cache_mb >= 0, "prefix_cache_mb must be >= 0"),
+            (self.frame_selection in FRAME_SELECTIONS, f"frame_selection must be one of {FRAME_SELECTIONS}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -109,8 +119,11 @@ class EngineStats:
     window_bytes: int = 0
     bytes_per_frame: int = 0
     last_step_seconds: float = math.nan
-    queries_answered: int = 0
-    queries_refused: int = 0
+    queries_answered: int = 0  # succeeded
+    queries_refused: int = 0  # BUSY
+    queries_invalid: int = 0  # refused by the request checks before admission
+    queue: QueueStats | None = None
+    prefix_cache: PrefixCacheStats | None = None
     last_c2w: torch.Tensor | None = field(default=None, repr=False)
 
 
@@ -119,7 +132,10 @@ class SpatialEngine:
         self.pipeline = pipeline
         self.config = config.validate()
         self._lock = threading.Lock()  # guards window, stream, counters
-        self._query_slots = threading.BoundedSemaphore(self.config.max_concurrent_queries)
+        self._queue = QueryQueue(depth=self.config.query_queue_depth, workers=self.config.max_concurrent_queries,
+                                 timeout_s=self.config.query_queue_timeout)
+        self._prefixes = PrefixCache(int(self.config.prefix_cache_mb * 2**20))
+        self._invalid = 0
         self._window: deque[WindowEntry] = deque(maxlen=self.config.window_capacity)
         self._stream = pipeline.new_stream()
         self._stats = EngineStats(window_capacity=self.config.window_capacity)
@@ -156,34 +172,67 @@ class SpatialEngine:
             return IngestResult(index, int(stamp_ns), features.ingest_seconds, kept, features.c2w, segment, *geometry)
 
     # ----------------------------------------------------------------- query
+    def submit(self, question: str, options: list[str] | None = None, *, answer_type: str = "",
+               max_frames: int = 0, window_seconds: float = 0.0, max_new_tokens: int = 0,
+               on_token=None) -> Ticket:
+        """Check the request and admit it (never waits). Raises EngineError for a bad request (its
+        code), BUSY when the queue is full, SHUTTING_DOWN after close(). ``on_token(ids, text)`` is
+        called from the worker after every generated token."""
+        try:
+            self._check_request(question, options, answer_type, max_frames, window_seconds, max_new_tokens)
+        except EngineError:
+            with self._lock:
+                self._invalid += 1
+            raise
+        admitted = time.perf_counter()
+
+        def job(ticket: Ticket) -> QueryResult:
+            return self._answer(ticket, admitted, question, options, answer_type, max_frames, window_seconds,
+                                max_new_tokens, on_token)
+
+        return self._queue.submit(job)
+
     def query(self, question: str, options: list[str] | None = None, *, answer_type: str = "",
               max_frames: int = 0, window_seconds: float = 0.0, max_new_tokens: int = 0) -> QueryResult:
-        start = time.perf_counter()
-        self._check_request(question, options, answer_type, max_frames, window_seconds, max_new_tokens)
-        if not self._query_slots.acquire(blocking=False):
-            with self._lock:
-                self._stats.queries_refused += 1
-            raise EngineError("BUSY", f"{self.config.max_concurrent_queries} question(s) already running; "
-                                      f"try again shortly")
+        """Ask and wait for the answer (EngineError for every refusal, see :meth:`submit`)."""
+        return self.submit(question, options, answer_type=answer_type, max_frames=max_frames,
+                           window_seconds=window_seconds, max_new_tokens=max_new_tokens).result()
+
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Refuse new questions and answer the waiting and running ones SHUTTING_DOWN (running ones stop
+        after their decoding step in progress). True when the query threads ended in time."""
+        return self._queue.close(timeout)
+
+    def _answer(self, ticket: Ticket, admitted: float, question, options, answer_type, max_frames,
+                window_seconds, max_new_tokens, on_token) -> QueryResult:
+        segment, oldest, entries = self._select(max_frames or self.config.default_max_frames, window_seconds)
+        features = [e.features for e in entries]
+        # A prefix with a frame that has left the window can never be asked for again: free it now
+        # (with uniform selection in a stream that is nearly every older prefix).
+        self._prefixes.retain(lambda key: key.segment_id == segment and key.frames[0] >= oldest)
         try:
-            entries = self._select(max_frames or self.config.default_max_frames, window_seconds)
-            try:
-                answer = self.pipeline.answer([e.features for e in entries], question, options or None,
-                                              answer_type=answer_type or "auto",
-                                              max_new_tokens=max_new_tokens or self.config.default_max_new_tokens)
-            except Vlm3rInputError as exc:
-                code = "CONTEXT_TOO_LONG" if "context" in str(exc) else "BAD_REQUEST"
-                raise EngineError(code, str(exc)) from None
-            except ValueError as exc:  # prompt validation
-                raise EngineError("BAD_REQUEST", str(exc)) from None
-            except LlmBackendError as exc:  # the LLM server (llm_backend openai); the window is untouched
-                raise EngineError(exc.code, exc.message) from None
-            with self._lock:
-                self._stats.queries_answered += 1
-            return QueryResult(answer, len(entries), entries[0].stamp_ns, entries[-1].stamp_ns,
-                               time.perf_counter() - start)
-        finally:
-            self._query_slots.release()
+            prefix = None
+            # A KV prefix lives in this process's LLM: a remote one (llm_backend openai) prefills itself.
+            if self._prefixes.enabled and self.pipeline.llm.name == "local":
+                vlm = self.pipeline.vlm
+                key = PrefixKey(segment, tuple(e.index for e in entries), str(vlm.dtype).removeprefix("torch."),
+                                f"{self.pipeline.llm.name}:{vlm.device.type}")
+                prefix, _how = self._prefixes.get(key, lambda base: self.pipeline.build_prefix(features, base),
+                                                  lambda p: p.nbytes())
+            ticket.raise_if_cancelled()
+            answer = self.pipeline.answer(features, question, options or None, answer_type=answer_type or "auto",
+                                          max_new_tokens=max_new_tokens or self.config.default_max_new_tokens,
+                                          prefix=prefix, on_token=on_token, stop_event=ticket.cancel_event)
+        except Vlm3rInputError as exc:
+            code = "CONTEXT_TOO_LONG" if "context" in str(exc) else "BAD_REQUEST"
+            raise EngineError(code, str(exc)) from None
+        except ValueError as exc:  # prompt validation
+            raise EngineError("BAD_REQUEST", str(exc)) from None
+        except LlmBackendError as exc:  # the LLM server (llm_backend openai); the window is untouched
+            raise EngineError(exc.code, exc.message) from None
+        ticket.raise_if_cancelled()  # stopped mid-answer: the text is cut short, not an answer
+        return QueryResult(answer, len(entries), entries[0].stamp_ns, entries[-1].stamp_ns,
+                           time.perf_counter() - admitted)
 
     def _check_request(self, question, options, answer_type, max_frames, window_seconds, max_new_tokens) -> None:
         if not isinstance(question, str) or not question.strip():
@@ -203,16 +252,21 @@ class SpatialEngine:
         if max_new_tokens < 0 or max_new_tokens > self.config.max_new_tokens_limit:
             raise EngineError("BAD_MAX_NEW_TOKENS", f"max_new_tokens must be 0..{self.config.max_new_tokens_limit}")
 
-    def _select(self, max_frames: int, window_seconds: float) -> list[WindowEntry]:
+    def _select(self, max_frames: int, window_seconds: float) -> tuple[int, int, list[WindowEntry]]:
+        """(segment id, index of the oldest frame in the window, the chosen entries in time order)."""
         with self._lock:
             snapshot = list(self._window)  # a consistent view; ingestion goes on
+            segment = self._stats.segment_id
         if not snapshot:
             raise EngineError("NO_FRAMES", "no frame received yet")
+        oldest = snapshot[0].index
         if window_seconds > 0:
             newest = snapshot[-1].stamp_ns
             snapshot = [e for e in snapshot if newest - e.stamp_ns <= window_seconds * 1e9]
-        picks = uniform_frame_indices(len(snapshot), max_frames)
-        return [snapshot[i] for i in picks]
+        # keyframes count kept frames (index // keyframe_stride), so the stride doubles over those
+        ranks = [e.index // self.config.keyframe_stride for e in snapshot]
+        picks = select_positions(ranks, max_frames, self.config.frame_selection)
+        return segment, oldest, [snapshot[i] for i in picks]
 
     # ----------------------------------------------------------------- state
     def reset(self) -> int:
@@ -222,12 +276,15 @@ class SpatialEngine:
             return self._stats.segment_id
 
     def _reset_locked(self) -> None:
+        segment = self._stats.segment_id + 1
+        self._prefixes.retain(lambda key: key.segment_id >= segment)  # the old segment's frames are gone
         self._window.clear()
         self._stream = self.pipeline.new_stream()
-        self._stats.segment_id += 1
+        self._stats.segment_id = segment
         self._stats.segment_frames = 0
 
     def stats(self) -> EngineStats:
+        queue = self._queue.stats()
         with self._lock:
             s = self._stats
             size = len(self._window)
@@ -235,8 +292,9 @@ class SpatialEngine:
                                segment_frames=s.segment_frames, window_size=size,
                                window_capacity=self.config.window_capacity,
                                window_bytes=size * s.bytes_per_frame, bytes_per_frame=s.bytes_per_frame,
-                               last_step_seconds=s.last_step_seconds, queries_answered=s.queries_answered,
-                               queries_refused=s.queries_refused, last_c2w=s.last_c2w)
+                               last_step_seconds=s.last_step_seconds, queries_answered=queue.succeeded,
+                               queries_refused=queue.refused_busy, queries_invalid=self._invalid, queue=queue,
+                               prefix_cache=self._prefixes.stats(), last_c2w=s.last_c2w)
 
 
 MAX_IMAGE_PIXELS = 4096 * 4096

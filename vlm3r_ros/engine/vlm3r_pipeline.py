@@ -14,10 +14,12 @@ uniform sampling of 32 frames (``np.linspace``), one fresh CUT3R stream over the
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from vlm3r_ros.engine.cut3r_stream import Cut3rStream
 from vlm3r_ros.engine.llm_backend import LocalLlm
@@ -25,7 +27,7 @@ from vlm3r_ros.media.frames import EVAL_NUM_FRAMES, uniform_frame_indices  # the
 from vlm3r_ros.models.cut3r import Cut3rModel
 from vlm3r_ros.models.cut3r.processing import preprocess_siglip, siglip_to_cut3r
 from vlm3r_ros.models.vlm.answers import ParsedAnswer, parse_answer
-from vlm3r_ros.models.vlm.modeling_vlm3r import Vlm3rInputError, Vlm3rModel
+from vlm3r_ros.models.vlm.modeling_vlm3r import IMAGE_TOKEN_INDEX, VisualPrefix, Vlm3rInputError, Vlm3rModel
 from vlm3r_ros.models.vlm.prompting import (EVAL_MAX_NEW_TOKENS, build_prompt, decode_reply, stop_token_ids,
                                              tokenize_with_image)
 
@@ -58,6 +60,8 @@ class Vlm3rAnswer:
     new_tokens: int
     latency_s: float
     prompt: str = field(repr=False, default="")
+    prefilled_tokens: int = 0  # prompt tokens the LLM ran for this question (the rest came from a cached prefix)
+    first_token_s: float = math.nan  # from the call to the first generated token (time to first token)
 
 
 class Vlm3rPipeline:
@@ -71,6 +75,7 @@ class Vlm3rPipeline:
         self.with_geometry = with_geometry
         self.stop_ids = stop_token_ids(tokenizer)  # <|im_end|>, as the official KeywordsStoppingCriteria
         self.llm = llm if llm is not None else LocalLlm()  # where the LLM half runs (engine/llm_backend.py)
+        self._head_ids: tuple[int, ...] | None = None
 
     def new_stream(self) -> Cut3rStream:
         return Cut3rStream(self.cut3r, preprocessing="vlm3r")
@@ -106,27 +111,55 @@ class Vlm3rPipeline:
         return features
 
     # ---------------------------------------------------------- per question
-    @torch.inference_mode()
-    def answer(self, frames: list[FrameFeatures] | torch.Tensor, question: str, options: list[str] | None = None,
-               *, answer_type: str = "auto", max_new_tokens: int = EVAL_MAX_NEW_TOKENS) -> Vlm3rAnswer:
-        """Answer ``question`` about the frames (in time order)."""
-        start = time.perf_counter()
+    def prompt_head_ids(self) -> tuple[int, ...]:
+        """Token ids of the prompt before ``<image>`` (system message + user header): the same for
+        every question, so it belongs to the cached visual prefix."""
+        if self._head_ids is None:
+            ids = tokenize_with_image(build_prompt("?"), self.tokenizer)
+            self._head_ids = tuple(ids[:ids.index(IMAGE_TOKEN_INDEX)])
+        return self._head_ids
+
+    @staticmethod
+    def _pooled(frames: list[FrameFeatures] | torch.Tensor) -> torch.Tensor:
         if isinstance(frames, torch.Tensor):
             pooled = frames
         else:
             pooled = torch.stack([f.visual_tokens for f in frames]) if frames else None
         if pooled is None or pooled.ndim != 3 or pooled.shape[0] == 0:
             raise Vlm3rInputError("no frames to answer about")
+        return pooled
+
+    def build_prefix(self, frames: list[FrameFeatures] | torch.Tensor, base: VisualPrefix | None = None
+                     ) -> VisualPrefix:
+        """The LLM cache of the prompt head + these frames' visual tokens (see Vlm3rModel.prefill_prefix);
+        ``base``, built over the first ``base.frames`` of them, is extended rather than recomputed."""
+        return self.vlm.prefill_prefix(self.prompt_head_ids(), self._pooled(frames), base)
+
+    @torch.inference_mode()
+    def answer(self, frames: list[FrameFeatures] | torch.Tensor, question: str, options: list[str] | None = None,
+               *, answer_type: str = "auto", max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
+               prefix: VisualPrefix | None = None, on_token=None, stop_event=None) -> Vlm3rAnswer:
+        """Answer ``question`` about the frames (in time order).
+
+        ``prefix`` (:meth:`build_prefix` of the same frames) skips their prefill. ``on_token(ids, text)``
+        is called after every generated token with the ids and the reply text so far. ``stop_event``
+        (threading.Event) stops decoding after the step in progress.
+        """
+        start = time.perf_counter()
+        pooled = self._pooled(frames)
         if max_new_tokens < 1:
             raise Vlm3rInputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         prompt = build_prompt(question, options)
         ids = tokenize_with_image(prompt, self.tokenizer)
-        gen = self.llm.generate(self.vlm, ids, pooled, max_new_tokens=max_new_tokens, stop_token_ids=self.stop_ids)
+        streamer = _ReplyStreamer(self.tokenizer, start, on_token)
+        gen = self.llm.generate(self.vlm, ids, pooled, max_new_tokens=max_new_tokens, stop_token_ids=self.stop_ids,
+                                prefix=prefix, streamer=streamer, stop_event=stop_event)
         text = decode_reply(gen.token_ids, self.tokenizer)
         parsed = parse_answer(text, options, answer_type)
         return Vlm3rAnswer(text=text, parsed=parsed, frames_used=pooled.shape[0], prompt_tokens=gen.prompt_tokens,
                            visual_tokens=gen.visual_tokens, new_tokens=len(gen.token_ids),
-                           latency_s=time.perf_counter() - start, prompt=prompt)
+                           latency_s=time.perf_counter() - start, prompt=prompt,
+                           prefilled_tokens=gen.prefilled_tokens, first_token_s=streamer.first_token_s)
 
     def answer_video(self, images: list, question: str, options: list[str] | None = None, *,
                      num_frames: int = EVAL_NUM_FRAMES, progress=None, **kwargs) -> Vlm3rAnswer:
@@ -142,3 +175,27 @@ class Vlm3rPipeline:
                 progress(len(features), len(indices))
         return self.answer(features, question, options, **kwargs)
 
+
+
+class _ReplyStreamer(BaseStreamer):
+    """transformers' streamer protocol: notes the time to the first new token and passes the ids and
+    the reply text so far to ``on_token`` (the first ``put`` is the prompt, which is skipped)."""
+
+    def __init__(self, tokenizer, start: float, on_token=None):
+        self.tokenizer, self.start, self.on_token = tokenizer, start, on_token
+        self.ids: list[int] = []
+        self.first_token_s = math.nan
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        if math.isnan(self.first_token_s):
+            self.first_token_s = time.perf_counter() - self.start
+        self.ids.extend(int(t) for t in torch.as_tensor(value).flatten().tolist())
+        if self.on_token is not None:
+            self.on_token(list(self.ids), decode_reply(self.ids, self.tokenizer))
+
+    def end(self) -> None:
+        pass

@@ -57,8 +57,9 @@ def _run(argv: list[str] | None) -> int:
                 return EXIT_BAD_PARAMETER
             log = node.get_logger()
             log.info(transport)
-            executor = MultiThreadedExecutor(num_threads=executor_threads(node.get_parameter(
-                "max_concurrent_queries").value), context=context)
+            executor = MultiThreadedExecutor(num_threads=executor_threads(
+                node.get_parameter("max_concurrent_queries").value, node.get_parameter("query_queue_depth").value),
+                context=context)
             executor.add_node(node)
             if node.get_parameter("autostart").value:
                 if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
@@ -76,6 +77,10 @@ def _run(argv: list[str] | None) -> int:
             while not stop.is_set() and context.ok():
                 executor.spin_once(timeout_sec=0.1)
             log.info("shutting down")
+            # Answer every question first (SHUTTING_DOWN), then let the executor finish the callbacks
+            # (their responses go out while the services exist), and only then destroy anything.
+            node.stop_queries(SHUTDOWN_TIMEOUT_S)
+            executor.shutdown(timeout_sec=SHUTDOWN_TIMEOUT_S)
             if node.current_state_label() in ("unconfigured", "inactive", "active"):
                 node.trigger_shutdown()  # deactivate (joins the worker), free the models
             return EXIT_OK

@@ -19,8 +19,13 @@ Threads and callback groups (on a ``MultiThreadedExecutor``, see :func:`executor
   still waiting is counted as dropped.
 * the worker thread (not an executor thread): takes the latest frame, runs
   ``engine.ingest``, publishes pose, path, points and state.
-* ``spatial_query`` (``_query_group``, re-entrant): up to ``max_concurrent_queries`` run at
-  once inside the engine; the rest are answered ``BUSY`` at once.
+* ``spatial_query`` (``_query_group``, re-entrant): the callback admits the question into the
+  engine's bounded queue at once (``BUSY`` when full) and then waits, without CPU, for its one
+  outcome. The executor has a thread for every question that may be running or waiting plus
+  the other groups (:func:`executor_threads`), so admission never waits behind a question.
+* the ``spatial_query`` action (same group): a goal goes through the same queue; feedback
+  (the reply so far) is published from the engine's worker after every token; cancel stops
+  generation after the decoding step in progress and frees the queue slot.
 * ``~/reset`` (``_reset_group``) and the state/diagnostics timers (``_timer_group``) have
   their own groups, so neither waits for a query or for the camera.
 * parameter and lifecycle services stay in the node's default group.
@@ -52,12 +57,14 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Pose
 from nav_msgs.msg import Path
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.action import ActionServer, CancelResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
+from vlm3r_ros.action import SpatialQuery as SpatialQueryAction
 from vlm3r_ros.engine.devices import resolve_device
 from vlm3r_ros.engine.loading import LoadError, ModelSource, load_models, resolve_dtype
 from vlm3r_ros.engine.points_schedule import PointsSchedule
@@ -153,7 +160,18 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("auto_reset_frames", _ENGINE_DEFAULTS.auto_reset_frames, "Start a new segment after this "
               "many processed frames; 0 never.", int_range=(0, 2**31 - 1)),
     ParamSpec("max_concurrent_queries", _ENGINE_DEFAULTS.max_concurrent_queries, "Questions answered at "
-              "the same time; more are refused at once with BUSY.", int_range=(1, 64)),
+              "the same time; more wait in the queue (query_queue_depth).", int_range=(1, 64)),
+    ParamSpec("query_queue_depth", _ENGINE_DEFAULTS.query_queue_depth, "Questions that may wait (in arrival "
+              "order) while max_concurrent_queries run; more are answered BUSY at once.", int_range=(0, 1000)),
+    ParamSpec("query_queue_timeout", _ENGINE_DEFAULTS.query_queue_timeout, "Seconds a question may wait in "
+              "the queue before it is answered QUEUE_TIMEOUT; 0 = no limit.", float_range=(0.0, 3600.0)),
+    ParamSpec("prefix_cache_mb", _ENGINE_DEFAULTS.prefix_cache_mb, "Memory bound of the visual-prefix KV cache "
+              "(the LLM state of the prompt up to the end of the chosen frames, reused by every question about "
+              "the same frames), in MiB; 0 = off.", float_range=(0.0, 1_000_000.0)),
+    ParamSpec("frame_selection", _ENGINE_DEFAULTS.frame_selection, "How a question picks its frames: "
+              "'uniform' (the official even spread over the window) or 'keyframes' (every s-th frame of the "
+              "segment, s doubling as needed: the cached prefix grows by appending; see docs/query.md).",
+              choices=("uniform", "keyframes")),
     # -- outputs
     ParamSpec("world_frame_id", "vlm3r_world", "Fixed frame of poses, path, points and state (REP 103 "
               "axes: x forward, y left, z up, as seen by the segment's first camera).", read_only=False,
@@ -247,6 +265,10 @@ class NodeSettings:
     max_question_chars: int
     auto_reset_frames: int
     max_concurrent_queries: int
+    query_queue_depth: int
+    query_queue_timeout: float
+    prefix_cache_mb: float
+    frame_selection: str
     state_period: float
     diagnostics_period: float
 
@@ -257,7 +279,10 @@ class NodeSettings:
                               max_new_tokens_limit=self.max_new_tokens_limit,
                               max_question_chars=self.max_question_chars,
                               auto_reset_frames=self.auto_reset_frames,
-                              max_concurrent_queries=self.max_concurrent_queries)
+                              max_concurrent_queries=self.max_concurrent_queries,
+                              query_queue_depth=self.query_queue_depth,
+                              query_queue_timeout=self.query_queue_timeout,
+                              prefix_cache_mb=self.prefix_cache_mb, frame_selection=self.frame_selection)
         try:
             return config.validate()
         except ValueError as exc:
@@ -268,11 +293,12 @@ class ConfigError(ValueError):
     """Parameters that cannot work together, or weights that cannot be loaded (with the reason)."""
 
 
-def executor_threads(max_concurrent_queries: int) -> int:
-    """Executor threads so that running queries never starve the other callback groups:
-    one per concurrent query, plus images, reset, timers, and the default group, plus one
-    for the instant BUSY answers."""
-    return max_concurrent_queries + 5
+def executor_threads(max_concurrent_queries: int, query_queue_depth: int = 0) -> int:
+    """Executor threads so that questions never starve the other callback groups: a question's
+    callback holds a thread (waiting, no CPU) while it runs or waits in the queue, so one per
+    running and per waiting question, plus images, reset, timers and the default group, plus
+    one for the instant BUSY answers and one for the action server's own requests."""
+    return max_concurrent_queries + query_queue_depth + 6
 
 
 # ---------------------------------------------------------------------------------- engine
@@ -419,6 +445,10 @@ def _rss_bytes() -> int:
 
 
 # ---------------------------------------------------------------------------------- the node
+# Requests are never dropped by DDS: the reader keeps all (so its depth is never below the queue's),
+# the node answers BUSY itself. Responses likewise, so a burst of answers to one client all arrive.
+QUERY_SERVICE_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE,
+                               durability=DurabilityPolicy.VOLATILE)
 STATE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 LATCHED_QOS = STATE_QOS
 OUTPUT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -457,6 +487,11 @@ class SpatialNode(LifecycleNode):
         self._timer_list = []
         self._service_list = []
         self._pubs = {}
+        self._queries_received = 0  # spatial_query requests taken from DDS (under _lock)
+        self._queries_not_active = 0  # answered NOT_ACTIVE
+        self._action_server = None
+        self._goal_tickets = {}  # goal id (bytes) -> the engine's Ticket, for cancel (under _lock)
+        self._early_cancels = set()  # goal ids cancelled before their ticket existed (under _lock)
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.declare_parameters("", [(p.name, p.default, p.descriptor()) for p in PARAMETERS])
@@ -522,12 +557,17 @@ class SpatialNode(LifecycleNode):
         pubs["path"] = self.create_lifecycle_publisher(Path, "~/path", LATCHED_QOS)
         pubs["points"] = self.create_lifecycle_publisher(conversions.PointCloud2, "~/points", LATCHED_QOS)
         self._service_list = [
-            self.create_service(SpatialQuery, "spatial_query", self._on_query, callback_group=self._query_group),
+            self.create_service(SpatialQuery, "spatial_query", self._on_query, qos_profile=QUERY_SERVICE_QOS,
+                                callback_group=self._query_group),
             self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._reset_group),
         ]
+        self._action_server = ActionServer(
+            self, SpatialQueryAction, "spatial_query", self._execute_goal, cancel_callback=self._on_cancel,
+            callback_group=self._query_group, goal_service_qos_profile=QUERY_SERVICE_QOS,
+            result_service_qos_profile=QUERY_SERVICE_QOS, cancel_service_qos_profile=QUERY_SERVICE_QOS)
         self.get_logger().info(f"configured in {time.monotonic() - start:.1f} s: window of "
                                f"{settings.window_capacity} frames, {settings.max_concurrent_queries} "
-                               f"concurrent question(s)")
+                               f"concurrent question(s), {settings.query_queue_depth} more may wait")
         return self._transition_done(TransitionCallbackReturn.SUCCESS, "inactive")
 
     def _log_llm_server(self, llm) -> None:
@@ -621,7 +661,17 @@ class SpatialNode(LifecycleNode):
                 return False
         return True
 
+    def stop_queries(self, timeout: float = 30.0) -> bool:
+        """Answer every waiting and running question (SHUTTING_DOWN) and refuse new ones; call before
+        the executor stops, so the answers go out while the service exists. True when all ended."""
+        engine = self._engine
+        return engine.close(timeout) if engine is not None else True
+
     def _cleanup(self) -> None:
+        self.stop_queries()
+        if self._action_server is not None:
+            self._action_server.destroy()
+            self._action_server = None
         for service in self._service_list:
             self.destroy_service(service)
         for pub in self._pubs.values():
@@ -823,6 +873,7 @@ class SpatialNode(LifecycleNode):
                 "queries_answered": stats.queries_answered,
                 "queries_refused_busy": stats.queries_refused,
             })
+            values.update(query_diagnostics(stats, self._queries_received, self._queries_not_active))
         for i, sub in enumerate(list(self._image_subs)):
             suffix = "" if i == 0 else "_compressed"
             values[f"image_qos{suffix}"] = sub.choice.label
@@ -842,32 +893,79 @@ class SpatialNode(LifecycleNode):
     # ------------------------------------------------------------------ services
     def _on_query(self, request: SpatialQuery.Request, response: SpatialQuery.Response) -> SpatialQuery.Response:
         start = time.perf_counter()
-        response.value = math.nan
-        engine = self._engine
+        with self._lock:
+            self._queries_received += 1
         try:
-            if not self._active or engine is None:
-                raise EngineError("NOT_ACTIVE", f"the node is {self.current_state_label()}, not "
-                                                f"active; activate it first")
-            result = engine.query(request.question, list(request.options), answer_type=request.answer_type,
-                                  max_frames=int(request.max_frames), window_seconds=float(request.window_seconds),
-                                  max_new_tokens=int(request.max_new_tokens))
+            result = self._ask(request).result()  # this thread waits (no CPU) until the one outcome
         except EngineError as exc:
-            response.success, response.error = False, f"{exc.code}: {exc.message}"
+            fill_error(response, f"{exc.code}: {exc.message}")
         except Exception as exc:  # noqa: BLE001 - answer, never leave the caller hanging
             self.get_logger().error(f"question failed:\n{traceback.format_exc()}")
-            response.success, response.error = False, f"INTERNAL: {type(exc).__name__}: {exc}"
+            fill_error(response, f"INTERNAL: {type(exc).__name__}: {exc}")
         else:
-            parsed = result.answer.parsed
-            response.success, response.error = True, ""
-            response.answer = result.answer.text
-            response.choice = parsed.choice
-            response.value = float(parsed.value)
-            response.unit = parsed.unit if not math.isnan(parsed.value) else ""
-            response.frames_used = result.frames_used
-            response.window_start = conversions.ns_to_stamp(result.window_start_ns)
-            response.window_end = conversions.ns_to_stamp(result.window_end_ns)
+            fill_answer(response, result)
         response.latency_s = time.perf_counter() - start
         return response
+
+    def _execute_goal(self, goal_handle) -> SpatialQueryAction.Result:
+        """The action: the same question as the service, with feedback and cancel."""
+        start = time.perf_counter()
+        result, goal_id = SpatialQueryAction.Result(), bytes(goal_handle.goal_id.uuid)
+        with self._lock:
+            self._queries_received += 1
+
+        def feedback(ids, text):  # from the engine's worker thread, after every token
+            goal_handle.publish_feedback(SpatialQueryAction.Feedback(text=text, tokens_generated=len(ids)))
+
+        try:
+            ticket = self._ask(goal_handle.request, feedback)
+            with self._lock:
+                self._goal_tickets[goal_id] = ticket
+                early_cancel = goal_id in self._early_cancels  # the cancel came before the ticket existed
+            if early_cancel:
+                ticket.cancel()
+            answer = ticket.result()
+        except EngineError as exc:
+            fill_error(result, f"{exc.code}: {exc.message}")
+        except Exception as exc:  # noqa: BLE001 - a result, never a hanging goal
+            self.get_logger().error(f"question (action) failed:\n{traceback.format_exc()}")
+            fill_error(result, f"INTERNAL: {type(exc).__name__}: {exc}")
+        else:
+            fill_answer(result, answer)
+        finally:
+            with self._lock:
+                self._goal_tickets.pop(goal_id, None)
+                self._early_cancels.discard(goal_id)
+        if result.success:
+            goal_handle.succeed()
+        elif goal_handle.is_cancel_requested and result.error.startswith("CANCELLED"):
+            goal_handle.canceled()
+        else:
+            goal_handle.abort()
+        result.latency_s = time.perf_counter() - start
+        return result
+
+    def _on_cancel(self, goal_handle) -> CancelResponse:
+        goal_id = bytes(goal_handle.goal_id.uuid)
+        with self._lock:
+            ticket = self._goal_tickets.get(goal_id)
+            if ticket is None:
+                self._early_cancels.add(goal_id)
+        if ticket is not None:
+            ticket.cancel()  # waiting: leaves the queue; running: stops after the step in progress
+        return CancelResponse.ACCEPT
+
+    def _ask(self, request, on_token=None):
+        """Admit a SpatialQuery request or goal into the engine's queue: its Ticket (EngineError if refused)."""
+        engine = self._engine
+        if not self._active or engine is None:
+            with self._lock:
+                self._queries_not_active += 1
+            raise EngineError("NOT_ACTIVE", f"the node is {self.current_state_label()}, not active; "
+                                            f"activate it first")
+        return engine.submit(request.question, list(request.options), answer_type=request.answer_type,
+                             max_frames=int(request.max_frames), window_seconds=float(request.window_seconds),
+                             max_new_tokens=int(request.max_new_tokens), on_token=on_token)
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         engine = self._engine
@@ -888,3 +986,50 @@ class SpatialNode(LifecycleNode):
         response.message = f"segment {segment} started: the memory window is empty"
         self.get_logger().info(response.message)
         return response
+
+
+def fill_error(response, error: str) -> None:
+    """A failed SpatialQuery response (or action result): success false, the error, no answer."""
+    response.success, response.error = False, error
+    response.answer, response.choice, response.unit = "", "", ""
+    response.value, response.frames_used = math.nan, 0
+
+
+def fill_answer(response, result) -> None:
+    """A SpatialQuery response (or action result) from the engine's QueryResult."""
+    parsed = result.answer.parsed
+    response.success, response.error = True, ""
+    response.answer = result.answer.text
+    response.choice = parsed.choice
+    response.value = float(parsed.value)
+    response.unit = parsed.unit if not math.isnan(parsed.value) else ""
+    response.frames_used = result.frames_used
+    response.window_start = conversions.ns_to_stamp(result.window_start_ns)
+    response.window_end = conversions.ns_to_stamp(result.window_end_ns)
+
+
+def query_diagnostics(stats, received: int, not_active: int) -> dict:
+    """The question counters of /diagnostics. They add up: queries_received = queries_answered +
+    queries_failed + queries_invalid + queries_not_active + queries_refused_busy + queries_timed_out +
+    queries_cancelled + queries_shutting_down + queries_waiting + queries_running (+ the few a
+    callback is admitting at the moment of the snapshot)."""
+    q, c = stats.queue, stats.prefix_cache
+    return {
+        "queries_received": received,
+        "queries_invalid": stats.queries_invalid,
+        "queries_not_active": not_active,
+        "queries_failed": q.failed,
+        "queries_timed_out": q.timed_out,
+        "queries_cancelled": q.cancelled,
+        "queries_shutting_down": q.shut_down + q.refused_shutting_down,
+        "queries_waiting": q.waiting,
+        "queries_running": q.running,
+        "query_queue_depth": q.depth,
+        "prefix_cache_entries": c.entries,
+        "prefix_cache_mb": f"{c.bytes / 2**20:.2f}",
+        "prefix_cache_limit_mb": f"{c.max_bytes / 2**20:.0f}",
+        "prefix_cache_hits": c.hits,
+        "prefix_cache_misses": c.misses,
+        "prefix_cache_extensions": c.extensions,
+        "prefix_cache_evictions": c.evictions,
+    }

@@ -5,7 +5,9 @@ Two halves, so a streaming engine can do the first at ingest time:
 * per frame (:meth:`Vlm3rModel.frame_features`): SigLIP(384x384 frame) -> fuse with that
   frame's CUT3R tokens -> mm_projector -> 2x2 pool: (g*g, H) tokens per frame;
 * per question (:meth:`Vlm3rModel.generate`): newline layout of the chosen frames, splice
-  into the prompt embeddings at the ``<image>`` token, greedy decoding with a KV cache.
+  into the prompt embeddings at the ``<image>`` token, greedy decoding with a KV cache;
+  :meth:`Vlm3rModel.prefill_prefix` computes the cache of everything before the question
+  once (:class:`VisualPrefix`), so further questions about the same frames reuse it.
 
 Sub-modules are named after the official checkpoint (``fusion_block.*``, ``mm_projector.*``,
 ``image_newline``); the official prefixes (``model.``, ``model.vision_tower.vision_tower``)
@@ -14,11 +16,14 @@ are mapped in one table in :mod:`vlm3r_ros.engine.vlm_checkpoint`.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+from transformers import (DynamicCache, GenerationConfig, Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig,
+                          SiglipVisionModel, StoppingCriteria, StoppingCriteriaList)
+from transformers.generation.streamers import BaseStreamer
 
 from .config import Vlm3rConfig
 from .fusion import Vlm3rFusionBlock, select_spatial_tokens
@@ -36,7 +41,8 @@ class Vlm3rGeneration:
     token_ids: list[int]  # generated ids, without the prompt, stop token excluded
     prompt_tokens: int  # text + visual tokens fed to the LLM
     visual_tokens: int
-    stopped: bool  # True when a stop token ended generation (else max_new_tokens)
+    stopped: bool  # True when a stop token ended generation (else max_new_tokens or a stop event)
+    prefilled_tokens: int = 0  # prompt tokens run through the LLM for this question (the rest was cached)
 
 
 def splice_embeddings(input_ids, visual: torch.Tensor, embed: nn.Embedding) -> torch.Tensor:
@@ -154,22 +160,99 @@ class Vlm3rModel(nn.Module):
         return embeds, visual.shape[0]
 
     @torch.inference_mode()
+    def prefill_prefix(self, head_ids, pooled_frames: torch.Tensor, base: "VisualPrefix | None" = None
+                       ) -> "VisualPrefix":
+        """The LLM's KV cache of ``[head_ids, visual tokens of pooled_frames]``: everything of the prompt
+        before the question, so that questions about the same frames prefill only their own text.
+
+        ``base``, a prefix of the same head over the first ``base.frames`` of these frames, is
+        extended: its cache is cropped to the tokens of those frames (the newline layout's
+        frame-local tokens) and only the rest is run. ``base`` itself is left as it was.
+        """
+        head = [int(i) for i in head_ids]
+        visual = self.visual_sequence(pooled_frames)
+        embeds = torch.cat([self.llm.get_input_embeddings()(torch.tensor(head, dtype=torch.long,
+                                                                         device=self.device)), visual])
+        if base is not None:
+            keep = len(head) + base.frames * self.config.tokens_per_frame
+            if tuple(head) != base.head_ids or base.frames > pooled_frames.shape[0] or keep > base.length:
+                raise Vlm3rInputError("the base prefix was not built from the same prompt head and leading frames")
+            cache = fork_cache(base.cache)
+            cache.crop(keep - base.length)  # drop the tokens that follow the shared frames (0: none)
+        else:
+            keep, cache = 0, DynamicCache(config=self.llm.config)
+        if keep < embeds.shape[0]:
+            self.llm(inputs_embeds=embeds[None, keep:], cache=cache, use_cache=True, logits_to_keep=1)
+        return VisualPrefix(cache, tuple(head), int(pooled_frames.shape[0]), int(embeds.shape[0]),
+                            computed_tokens=int(embeds.shape[0] - keep))
+
+    @torch.inference_mode()
     def generate(self, input_ids, pooled_frames: torch.Tensor, *, max_new_tokens: int = 16,
-                 stop_token_ids: tuple[int, ...] = ()) -> Vlm3rGeneration:
-        """Greedy decoding (the official eval setting) from a prompt with one ``<image>`` token."""
-        embeds, visual_tokens = self.prompt_embeds(input_ids, pooled_frames, max_new_tokens)
-        out = self.llm(inputs_embeds=embeds[None], use_cache=True, logits_to_keep=1)
-        cache, generated, stopped = out.cache, [], False
-        next_id = int(out.logits[0, -1].argmax())
-        for _ in range(max_new_tokens):
-            if next_id in stop_token_ids:
-                stopped = True
-                break
-            generated.append(next_id)
-            if len(generated) == max_new_tokens:
-                break
-            out = self.llm(input_ids=torch.tensor([[next_id]], device=self.device), cache=cache,
-                           use_cache=True, logits_to_keep=1)
-            cache = out.cache
-            next_id = int(out.logits[0, -1].argmax())
-        return Vlm3rGeneration(generated, embeds.shape[0], visual_tokens, stopped)
+                 stop_token_ids: tuple[int, ...] = (), prefix: "VisualPrefix | None" = None,
+                 streamer: BaseStreamer | None = None, stop_event=None) -> Vlm3rGeneration:
+        """Greedy decoding (the official eval setting) from a prompt with one ``<image>`` token,
+        with transformers' ``generate`` over a ``DynamicCache``.
+
+        ``prefix`` (:meth:`prefill_prefix` of the text before ``<image>`` and these frames) is
+        reused: only the question's tokens are prefilled. ``streamer`` gets the new token ids
+        as they come (transformers' streamer protocol; the first ``put`` is the empty prompt).
+        ``stop_event`` (a ``threading.Event``) stops decoding after the step in progress.
+        """
+        ids = torch.as_tensor(input_ids, dtype=torch.long).flatten()
+        embeds, visual_tokens = self.prompt_embeds(ids, pooled_frames, max_new_tokens)
+        if prefix is not None:
+            head = tuple(ids[:int((ids == IMAGE_TOKEN_INDEX).nonzero()[0])].tolist())
+            if head != prefix.head_ids or prefix.length != len(head) + visual_tokens \
+                    or prefix.frames != pooled_frames.shape[0]:
+                raise Vlm3rInputError("the cached prefix was built for another prompt head or other frames")
+            cache = fork_cache(prefix.cache)
+        else:
+            cache = DynamicCache(config=self.llm.config)
+        prefilled = embeds.shape[0] - cache.get_seq_length()
+        stops = [int(i) for i in stop_token_ids]
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+                                  eos_token_id=stops or None, pad_token_id=stops[0] if stops else 0)
+        criteria = StoppingCriteriaList([_EventStop(stop_event)]) if stop_event is not None else None
+        out = self.llm.generate(inputs_embeds=embeds[None], attention_mask=torch.ones(
+            1, embeds.shape[0], dtype=torch.long, device=self.device), cache=cache, generation_config=config,
+            stopping_criteria=criteria, streamer=streamer)
+        generated = [int(t) for t in out[0].tolist()]
+        stopped = bool(generated) and generated[-1] in stops
+        if stopped:
+            generated = generated[:-1]
+        return Vlm3rGeneration(generated, embeds.shape[0], visual_tokens, stopped, prefilled_tokens=prefilled)
+
+
+@dataclass
+class VisualPrefix:
+    """The LLM's KV state of a prompt's head (system + user header) and the visual tokens of a set of
+    frames: what every question about those frames shares. Read-only once built (:func:`fork_cache`)."""
+
+    cache: DynamicCache
+    head_ids: tuple[int, ...]
+    frames: int  # frames whose tokens it holds
+    length: int  # tokens in the cache
+    computed_tokens: int = 0  # tokens prefilled to build it (the rest came from a base prefix)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer in self.cache.layers
+                   for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
+
+
+def fork_cache(cache: DynamicCache) -> DynamicCache:
+    """A new DynamicCache over the same tensors. DynamicLayer ``update`` (torch.cat) and ``crop``
+    (a slice) replace a layer's tensors instead of writing into them, so whatever the fork does,
+    the original keeps its contents: one cached prefix serves many questions, also at once."""
+    fork = copy.copy(cache)
+    fork.layers = [copy.copy(layer) for layer in cache.layers]
+    return fork
+
+
+class _EventStop(StoppingCriteria):
+    """Stops generation once ``event`` is set (checked after every decoding step)."""
+
+    def __init__(self, event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
