@@ -165,3 +165,110 @@ def test_only_lora_fusion_and_projector_train_and_frozen_parts_stay_bitwise(data
     assert [k for k in frozen if not torch.equal(before[k], after[k])] == []
     assert not torch.equal(before['fusion_block.out_proj.weight'], after['fusion_block.out_proj.weight'])
     assert model.encoder_calls == 0 and model.cut3r is None  # cached features: no SigLIP / CUT3R run
+
+
+# ------------------------------------------------------------------ feature cache
+def test_cached_features_equal_a_fresh_computation_and_stale_entries_are_refused(data, tmp_path):
+    base = tiny_base()
+    samples = load_mix([parse_source(str(data))])
+    cache = FeatureCache(tmp_path / 'cache')
+    report = cache.build(samples, base.vlm, base.cut3r, NF)
+    assert report['videos'] == 2 and report['written'] == 2
+    assert cache.build(samples, base.vlm, base.cut3r, NF)['kept'] == 2  # current entries are not recomputed
+    reader = cache.reader(base, NF)
+    reader.check_all(samples)
+    from vlm3r_ros.train.data import read_clip
+
+    pixels, indices = read_clip(samples[0].media, NF)
+    fresh = encode_clip(base.vlm, base.cut3r, pixels)
+    cached = reader(samples[0])
+    for name, value in zip(('vision', 'camera', 'patch'), fresh):
+        assert torch.equal(cached[name], value), name
+    assert cache.load(samples[0].media, NF, reader.ehash)['frame_indices'] == indices == [0, 5]
+
+    with pytest.raises(StaleCacheError, match='frames sampled'):
+        cache.reader(base, NF + 1).check_all(samples)
+    with torch.no_grad():
+        base.vlm.vision_tower.embeddings.patch_embedding.bias[0] += 1e-3
+    with pytest.raises(StaleCacheError, match='other SigLIP/CUT3R weights'):
+        cache.reader(base, NF).check_all(samples)
+    with torch.no_grad():
+        base.vlm.vision_tower.embeddings.patch_embedding.bias[0] -= 1e-3
+    frame = samples[0].media.path / '000.png'
+    os.utime(frame, ns=(frame.stat().st_atime_ns, frame.stat().st_mtime_ns + 10**9))
+    with pytest.raises(StaleCacheError, match='changed since it was cached'):
+        cache.reader(base, NF).check_all(samples)
+
+
+def test_training_from_the_cache_never_runs_siglip_or_cut3r(data, cache, tmp_path):
+    base = tiny_base()
+    calls = []
+    for name, encoder in (('siglip', base.vlm.vision_tower), ('cut3r', base.cut3r)):
+        for block in encoder.modules():  # every leaf: neither runs through its top-level forward
+            if next(block.children(), None) is None:
+                block.register_forward_pre_hook(lambda m, args, name=name: calls.append(name))
+    trainer = build_trainer(exact_opts(tmp_path, data, max_steps=2, feature_cache=str(cache)), base)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert calls == []
+    # ...and the same hooks do fire when a clip comes as pixels
+    from vlm3r_ros.train.data import read_clip
+
+    encode_clip(base.vlm, base.cut3r, read_clip(load_mix([parse_source(str(data))])[0].media, NF)[0])
+    assert set(calls) == {'siglip', 'cut3r'}
+
+
+# ------------------------------------------------------------------ save / load
+def plain_answer_logits(vlm, item, feats):
+    """Logits at the labelled positions, from a plain (merged) Vlm3rModel."""
+    visual = vlm.visual_sequence(vlm.pool(vlm.mm_projector(vlm.fuse(*feats))))
+    embeds = vlm.splice(item['input_ids'], visual)
+    ids = item['input_ids']
+    where = int((ids == -200).nonzero()[0, 0])
+    labels = torch.cat([item['labels'][:where], torch.full((visual.shape[0],), IGNORE_INDEX), item['labels'][where + 1:]])
+    logits = vlm.llm(inputs_embeds=embeds[None]).logits[0, :-1]
+    return logits[labels[1:] != IGNORE_INDEX].float()
+
+
+def test_saved_adapter_loads_through_load_vlm3r_with_the_same_logits(data, cache, tmp_path):
+    base = tiny_base()
+    base_dir = write_base_folder(base.vlm, tmp_path / 'base')
+    trainer = train(exact_opts(tmp_path / 'run', data, max_steps=3, learning_rate=1e-2, feature_cache=str(cache)),
+                    base)
+    out = tmp_path / 'run'
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted([
+        'adapter_config.json', 'adapter_model.safetensors', 'non_lora_trainables.bin', 'config.json',
+        'vlm3r_config_overrides.json', 'training_args.bin', 'metrics.jsonl', 'loss.png', 'README.md'])
+    cfg = json.loads((out / 'adapter_config.json').read_text())
+    assert (cfg['r'], cfg['lora_alpha'], cfg['bias'], cfg['task_type']) == (8, 16, 'none', 'CAUSAL_LM')
+    assert sorted(cfg['target_modules']) == sorted(f'model.layers.{i}.{m}' for i in range(2) for m in (
+        'self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.o_proj', 'mlp.gate_proj',
+        'mlp.up_proj', 'mlp.down_proj'))
+    non_lora = torch.load(out / NON_LORA_FILE, weights_only=True)
+    assert sorted(non_lora) == sorted(f'base_model.model.model.{k}' for k in trainer.model.trainable_names()
+                                      if 'lora_' not in k for k in [k[len('vlm.'):]])
+    assert 'base_model.model.model.fusion_block.cross_attention.in_proj_weight' in non_lora
+
+    overrides = json.loads((out / 'vlm3r_config_overrides.json').read_text())
+    loaded, report = load_vlm3r(base_dir, out, config_overrides=overrides)
+    assert report.lora_pairs_merged == 14 and report.lora_scale == 2.0
+
+    dataset = trainer.train_dataset
+    model = trainer.model.eval()
+    worst = 0.0
+    for i in (0, 5, 8, 13):
+        item = dataset[i]
+        feats = (item['vision'], item['camera'], item['patch'])
+        with torch.no_grad():
+            trained = model(**collate([item]))['logits']
+            from_disk = plain_answer_logits(loaded, item, feats)
+        assert trained.shape == from_disk.shape and trained.shape[0] >= 2
+        worst = max(worst, float((trained - from_disk).abs().max()))
+    print(f'max |logit difference| in-memory (LoRA unmerged) vs load_vlm3r (merged): {worst:.2e}')
+    assert worst < 1e-4  # float32; merged W + 2*B@A vs the two paths of the LoRA layer
+
+    merged = copy.deepcopy(model.vlm)
+    merged.llm = merged.llm.merge_and_unload()  # PEFT's own merge
+    peft_state = merged.state_dict()
+    for key, value in loaded.state_dict().items():
+        assert torch.allclose(peft_state[key], value, atol=1e-6, rtol=0), key

@@ -1,8 +1,8 @@
 """Tiny training data for the vlm3r-train tests: two rooms (frame folders) and 16 QA rows.
 
-Each room is a folder of small images of its own colour and texture; the rows mix multiple
-choice (the answer is a letter) and counting (the answer is a number), eight per room, in the
-row format vlm3r-gen-qa writes.
+Each room is a folder of small images of its own colour and texture; each room has one question of
+each of the eight VSI-Bench types (multiple choice: the answer is a letter; numeric: a number),
+with answers that differ between the rooms, in the row format vlm3r-gen-qa writes.
 """
 import json
 from pathlib import Path
@@ -12,7 +12,6 @@ from PIL import Image
 
 FRAMES_PER_ROOM = 6
 NUM_FRAMES = 4  # frames sampled per clip in the tests (32 in the official run)
-OPTIONS = ['A. chair', 'B. table', 'C. sofa', 'D. lamp']
 
 
 def write_rooms(root: Path, rooms=('room_a', 'room_b'), seed: int = 0) -> Path:
@@ -27,19 +26,38 @@ def write_rooms(root: Path, rooms=('room_a', 'room_b'), seed: int = 0) -> Path:
     return root
 
 
-def qa_rows(rooms=('room_a', 'room_b'), per_room: int = 8) -> list[dict]:
+# (question type, question, options or None, answer in room_a, answer in room_b)
+QUESTIONS = (
+    ('object_counting', 'How many chair(s) are in this room?', None, 3, 5),
+    ('object_abs_distance', 'Measuring from the closest point of each object, what is the distance between the '
+                            'sofa and the table (in meters)?', None, 2.4, 1.2),
+    ('object_size_estimation', 'What is the length of the longest dimension (length, width, or height) of the bed, '
+                               'measured in centimeters?', None, 180, 95),
+    ('room_size_estimation', 'What is the size of this room (in square meters)?', None, 21.5, 14.8),
+    ('object_rel_distance', 'Measuring from the closest point of each object, which of these objects (chair, table, '
+                            'sofa, lamp) is the closest to the tv?', ['A. chair', 'B. table', 'C. sofa', 'D. lamp'],
+     'B', 'D'),
+    ('object_rel_direction_easy', 'If I am standing by the sofa and facing the tv, is the lamp to my left or right?',
+     ['A. left', 'B. right'], 'A', 'B'),
+    ('route_planning', 'You are a robot beginning at the door facing the bed. You want to navigate to the desk. '
+                       'Which turn comes first?', ['A. Turn Left', 'B. Turn Right', 'C. Go forward'], 'C', 'A'),
+    ('obj_appearance_order', 'What will be the first-time appearance order of the following categories in the video: '
+                             'chair, lamp, sofa, table?',
+     ['A. chair, lamp, sofa, table', 'B. lamp, chair, table, sofa', 'C. sofa, table, chair, lamp',
+      'D. table, sofa, lamp, chair'], 'D', 'C'),
+)
+
+
+def qa_rows(rooms=('room_a', 'room_b')) -> list[dict]:
+    """Eight questions per room, one of each VSI-Bench type; the answers differ between rooms."""
     rows = []
     for r, room in enumerate(rooms):
-        for j in range(per_room):
-            k = r * per_room + j
-            if j % 2:
-                rows.append(dict(id=k, dataset='sim', scene_name=room, video_path=room,
-                                 question_type='object_counting', options=None, ground_truth=(k * 7) % 9 + 1,
-                                 question=f'How many objects of kind {k} are in this room?'))
-            else:
-                rows.append(dict(id=k, dataset='sim', scene_name=room, video_path=room,
-                                 question_type='object_rel_distance', options=OPTIONS, ground_truth='ABCD'[k % 4],
-                                 mc_answer='ABCD'[k % 4], question=f'Which object is closest to marker {k}?'))
+        for qtype, question, options, *answers in QUESTIONS:
+            row = dict(id=len(rows), dataset='sim', scene_name=room, video_path=room, question_type=qtype,
+                       question=question, options=options, ground_truth=answers[r])
+            if options is not None:
+                row['mc_answer'] = answers[r]
+            rows.append(row)
     return rows
 
 
@@ -50,13 +68,14 @@ def write_dataset(root: Path) -> Path:
     return path
 
 
-def tiny_base(seed: int = 0):
+def tiny_base(seed: int = 0, config=None):
     """The tiny random VLM-3R + CUT3R + the real Qwen2 tokenizer, as vlm3r-train --tiny-random builds them."""
     from vlm3r_ros.models.cut3r.tiny import random_cut3r
-    from vlm3r_ros.models.vlm.tiny import random_vlm3r
+    from vlm3r_ros.models.vlm.tiny import TINY_VLM3R, random_vlm3r
     from vlm3r_ros.train.run import LoadedBase
 
-    return LoadedBase(random_vlm3r(seed=seed), random_cut3r('tiny_dpt', seed), tokenizer(), 'tiny-random')
+    return LoadedBase(random_vlm3r(config or TINY_VLM3R, seed=seed), random_cut3r('tiny_dpt', seed), tokenizer(),
+                      'tiny-random')
 
 
 _TOKENIZER = []

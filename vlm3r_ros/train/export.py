@@ -5,7 +5,9 @@
   ``base_model.model.model.layers.N.<linear>.lora_{A,B}.weight``), ``non_lora_trainables.bin``
   (``torch.save`` of every trained non-LoRA parameter under PEFT's prefix:
   ``base_model.model.model.fusion_block.*`` and ``base_model.model.model.mm_projector.*``),
-  and a LLaVA ``config.json``. :func:`vlm3r_ros.engine.vlm_checkpoint.load_vlm3r` and the
+  a LLaVA ``config.json``, and ``vlm3r_config_overrides.json`` (the SigLIP and fusion sizes, which a
+  LLaVA config.json does not carry: pass it as ``--vlm-config-overrides`` for a model that is not
+  the released size). :func:`vlm3r_ros.engine.vlm_checkpoint.load_vlm3r` and the
   official ``load_pretrained_model`` read this folder.
 * A base folder (``config.json`` + ``model.safetensors`` in the LLaVA-Qwen key layout) for a
   model that has none on disk (``--tiny-random``), so that the adapter can be loaded against it.
@@ -49,6 +51,18 @@ def llava_config(config: Vlm3rConfig, **extra) -> dict:
     return doc
 
 
+OVERRIDES_FILE = "vlm3r_config_overrides.json"
+
+
+def config_overrides_for(config: Vlm3rConfig) -> dict:
+    """The sizes a LLaVA config.json does not carry (SigLIP, fusion heads), as the JSON object that
+    ``load_vlm3r(config_overrides=...)`` / ``--vlm-config-overrides`` take. Needed to load a model of
+    other sizes than the released one (a tiny one, say)."""
+    from dataclasses import asdict
+
+    return {"vision": asdict(config.vision), "fusion_num_heads": config.fusion_num_heads}
+
+
 def write_base_folder(vlm: Vlm3rModel, folder: str | Path) -> Path:
     """``vlm`` (no LoRA) as a LLaVA-Video-Qwen2 base folder in the official key names."""
     folder = Path(folder)
@@ -56,6 +70,7 @@ def write_base_folder(vlm: Vlm3rModel, folder: str | Path) -> Path:
     tensors = {ours_to_official(k): v.detach().to("cpu").contiguous() for k, v in vlm.state_dict().items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(llava_config(vlm.config), indent=1))
+    (folder / OVERRIDES_FILE).write_text(json.dumps(config_overrides_for(vlm.config)))
     return folder
 
 
@@ -86,7 +101,9 @@ def save_adapter(model, folder: str | Path, *, base_name: str = "", config: Vlm3
     peft_model.save_pretrained(str(folder), state_dict=lora_state, safe_serialization=True,
                                save_embedding_layers=False)
     torch.save(non_lora_state(model), folder / NON_LORA_FILE)
-    (folder / "config.json").write_text(json.dumps(llava_config(config or model.vlm.config), indent=1))
+    config = config or model.vlm.config
+    (folder / "config.json").write_text(json.dumps(llava_config(config), indent=1))
+    (folder / OVERRIDES_FILE).write_text(json.dumps(config_overrides_for(config)))
     return folder
 
 
