@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     if trainer.is_world_process_zero():
-        print(f"{PROG}: adapter saved to {opts.output_dir} (base {base.name}); "
-              f"{trainer.state.global_step} optimizer steps; metrics in {opts.output_dir}/metrics.jsonl")
+        print(f"{PROG}: adapter saved to {opts.output_dir} (base {base.name}); {trainer.state.global_step} "
+              f"optimizer steps, world size {trainer.args.world_size}; metrics in {opts.output_dir}/metrics.jsonl")
     return 0
 
 
