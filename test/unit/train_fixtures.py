@@ -26,14 +26,15 @@ def write_rooms(root: Path, rooms=('room_a', 'room_b'), seed: int = 0) -> Path:
     return root
 
 
-# (question type, question, options or None, answer in room_a, answer in room_b)
+# (question type, question, options or None, answer in room_a, answer in room_b); the answers are one
+# token each (a letter, a digit), so that a tiny model can learn all of them in a few hundred steps
 QUESTIONS = (
     ('object_counting', 'How many chair(s) are in this room?', None, 3, 5),
     ('object_abs_distance', 'Measuring from the closest point of each object, what is the distance between the '
-                            'sofa and the table (in meters)?', None, 2.4, 1.2),
+                            'sofa and the table (in meters)?', None, 2, 4),
     ('object_size_estimation', 'What is the length of the longest dimension (length, width, or height) of the bed, '
-                               'measured in centimeters?', None, 180, 95),
-    ('room_size_estimation', 'What is the size of this room (in square meters)?', None, 21.5, 14.8),
+                               'measured in centimeters?', None, 7, 9),
+    ('room_size_estimation', 'What is the size of this room (in square meters)?', None, 6, 8),
     ('object_rel_distance', 'Measuring from the closest point of each object, which of these objects (chair, table, '
                             'sofa, lamp) is the closest to the tv?', ['A. chair', 'B. table', 'C. sofa', 'D. lamp'],
      'B', 'D'),
