@@ -32,17 +32,28 @@ import train_fixtures as tf  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures('torch_single_thread')
 NF = 2  # frames per clip in these tests
-# Logit scale: the tiny model's final norm is scaled up so that its logits span a range like a
-# trained LLM's (about +-30) instead of +-5; otherwise a frozen random lm_head makes every token
-# nearly equally likely and overfitting takes thousands of steps.
-NORM_SCALE = 8.0
 
 
 def tiny_base(seed=0):
+    """The tiny random model with a text path a few hundred steps can train.
+
+    random_vlm3r initialises the LLM as transformers does (std 0.02), so its text embeddings are
+    some hundred times smaller than the visual tokens the projector makes, and its logits span
+    +-0.3: no question text reaches the answer and every token is about equally likely. Here the
+    embeddings are N(0, 1), lm_head N(0, 1/H) and the final norm doubled (logits of +-20, like a
+    trained LLM's). Frozen all the same: only their scale differs."""
     base = tf.tiny_base(seed)
+    llm = base.vlm.llm
+    g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        base.vlm.llm.model.norm.weight.mul_(NORM_SCALE)
+        llm.model.embed_tokens.weight.copy_(torch.randn(llm.model.embed_tokens.weight.shape, generator=g))
+        head = llm.lm_head.weight
+        head.copy_(torch.randn(head.shape, generator=g) / head.shape[1] ** 0.5)
+        llm.model.norm.weight.mul_(2.0)
     return base
+
+
+OVERFIT_LR, OVERFIT_EPOCHS = 1e-3, 100
 
 
 def exact_opts(out, data, **kw):
@@ -333,3 +344,40 @@ def test_two_gloo_processes_equal_one_process_with_gradient_accumulation(data, t
           f'(largest LoRA B entry {moved:.2e})')
     assert moved > 1e-3  # LoRA B starts at zero: the runs did train
     assert worst < 1e-5  # float32: the two sums of the same two gradients differ only in rounding
+
+
+# ------------------------------------------------------------------ overfit
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_overfit_16_questions_over_2_rooms_then_greedy_decoding_reproduces_every_answer(data, tmp_path):
+    """Official LoRA settings (r 128, alpha 256), cosine schedule with warmup, 1 frame per clip, no
+    dropout; then the adapter is loaded by load_vlm3r and every question is asked through
+    Vlm3rPipeline.answer_video (SigLIP + CUT3R + greedy decoding), as vlm3r-ask / vlm3r-eval do."""
+    frames = 1
+    base = tiny_base()
+    base_dir = write_base_folder(base.vlm, tmp_path / 'base')
+    cut3r, tok = base.cut3r, base.tokenizer
+    samples = load_mix([parse_source(str(data))])
+    FeatureCache(tmp_path / 'cache').build(samples, base.vlm, base.cut3r, frames)
+    opts = TrainOptions(output_dir=str(tmp_path / 'run'), data=[str(data)], num_frames=frames, lora_dropout=0.0,
+                        fusion_dropout=0.0, learning_rate=OVERFIT_LR, grad_accum=1, epochs=OVERFIT_EPOCHS,
+                        save_steps=10**6, logging_steps=16, gradient_checkpointing=False, progress=False,
+                        feature_cache=str(tmp_path / 'cache'))
+    trainer = train(opts, base)
+    losses = [r['loss'] for r in trainer.state.log_history if 'loss' in r]
+    loaded, _ = load_vlm3r(base_dir, tmp_path / 'run',
+                           config_overrides=json.loads((tmp_path / 'run' / 'vlm3r_config_overrides.json').read_text()))
+    pipe = Vlm3rPipeline(loaded, cut3r, tok)
+    rows = {str(r['id']): r for r in tf.qa_rows()}
+    wrong, lines = [], []
+    for s in samples:
+        row = rows[s.key.split(':')[1]]
+        images = [np.asarray(Image.open(p).convert('RGB')) for p in sorted(s.media.path.iterdir())]
+        reply = pipe.answer_video(images, row['question'], row['options'], num_frames=frames).text
+        lines.append(f'{row["scene_name"]} {row["question_type"]:<26} expected {s.answer!r:>5} got {reply!r}')
+        if reply != s.answer:
+            wrong.append(lines[-1])
+    print(f'loss per epoch: {", ".join(f"{v:.3f}" for v in losses)}')
+    print('\n'.join(lines))
+    assert losses[-1] < losses[0] / 5
+    assert wrong == [], f'{len(wrong)} of {len(samples)} answers not reproduced:\n' + '\n'.join(wrong)
