@@ -157,3 +157,22 @@ class TrainableVlm3r(nn.Module):
         logits = causal_lm.lm_head(hidden[:, :-1][keep]).float()
         loss = F.cross_entropy(logits, target[keep])
         return {"loss": loss, "logits": logits}
+
+
+@torch.no_grad()
+def trainable_scale_tiny(vlm: Vlm3rModel, seed: int = 1) -> Vlm3rModel:
+    """Give a tiny *random* model's frozen LLM the scales of a trained one, so a short run can train it.
+
+    transformers initialises Qwen2 with std 0.02: the text embeddings are then some hundred times
+    smaller than the visual tokens the projector makes, and the logits span about +-0.3, so no
+    question text reaches the answer and every token is about equally likely. This sets the
+    embeddings to N(0, 1), lm_head to N(0, 1/H) and doubles the final norm (logits of about +-20).
+    For tests and benchmarks on tiny random weights only; a real base needs nothing of the kind.
+    """
+    llm = vlm.llm
+    g = torch.Generator().manual_seed(seed)
+    embed, head = llm.model.embed_tokens.weight, llm.lm_head.weight
+    embed.copy_(torch.randn(embed.shape, generator=g).to(embed.dtype))
+    head.copy_((torch.randn(head.shape, generator=g) / head.shape[1] ** 0.5).to(head.dtype))
+    llm.model.norm.weight.mul_(2.0)
+    return vlm
