@@ -20,7 +20,7 @@ PROG = "vlm3r-cache-features"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vlm3r_ros.tools.ask import OVERRIDES_HELP
+    from vlm3r_ros.tools.model_options import OVERRIDES_HELP
 
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", action="append", required=True, metavar="FILE[:WEIGHT]", help="as vlm3r-train")
@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
-    from vlm3r_ros.tools.ask import load_models
-    from vlm3r_ros.tools.run_cut3r import ToolError
+    from vlm3r_ros.engine.loading import load_models
+    from vlm3r_ros.errors import UserError as ToolError
+    from vlm3r_ros.tools.model_options import model_source
     from vlm3r_ros.train.data import TrainDataError, check_media, load_mix, parse_source
     from vlm3r_ros.train.feature_cache import FeatureCache
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         check_media(samples)
         device = torch.device(args.device)
         dtype = torch.float16 if device.type == "cuda" else torch.float32  # the evaluation's encoders
-        pipe = load_models(args, device, dtype).pipeline
+        pipe = load_models(model_source(args), device, dtype).pipeline
         report = FeatureCache(args.out).build(samples, pipe.vlm, pipe.cut3r, args.num_frames, force=args.force,
                                               progress=lambda i, n: print(f"\r{PROG}: video {i}/{n}", end="",
                                                                           file=sys.stderr, flush=True))

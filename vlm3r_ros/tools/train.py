@@ -26,7 +26,7 @@ PROG = "vlm3r-train"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vlm3r_ros.tools.ask import OVERRIDES_HELP
+    from vlm3r_ros.tools.model_options import OVERRIDES_HELP
 
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", action="append", required=True, metavar="FILE[:WEIGHT]",
@@ -76,12 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_base(args, dtype: torch.dtype):
-    """The starting model through the project's loader (tools.ask.load_models), as a LoadedBase."""
-    from vlm3r_ros.tools.ask import load_models
+    """The starting model through the project's one loading entry (engine.loading), as a LoadedBase."""
+    from vlm3r_ros.engine.loading import load_models
+    from vlm3r_ros.tools.model_options import model_source
     from vlm3r_ros.train.export import write_base_folder
     from vlm3r_ros.train.run import LoadedBase
 
-    loaded = load_models(args, torch.device("cpu"), dtype)
+    loaded = load_models(model_source(args), torch.device("cpu"), dtype)
     pipe = loaded.pipeline
     if args.tiny_random:  # no base on disk: write it, so that the adapter has a base to load against
         base_dir = Path(args.output_dir) / "base"
@@ -92,7 +93,7 @@ def load_base(args, dtype: torch.dtype):
 
 
 def check_args(args) -> None:
-    from vlm3r_ros.tools.run_cut3r import ToolError
+    from vlm3r_ros.errors import UserError as ToolError
 
     for name in ("num_frames", "per_device_batch", "grad_accum", "lora_r", "save_steps", "logging_steps"):
         if getattr(args, name) < 1:
@@ -124,7 +125,7 @@ def options_from_args(args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vlm3r_ros.tools.run_cut3r import ToolError
+    from vlm3r_ros.errors import UserError as ToolError
     from vlm3r_ros.train.data import TrainDataError
     from vlm3r_ros.train.feature_cache import StaleCacheError
     from vlm3r_ros.train.run import compute_dtype, resolve_precision, train

@@ -64,9 +64,10 @@ def split_rooms(n: int, fractions, seed: int) -> dict[str, list[int]]:
 
 def render_room(index: int, opts: SimDatasetOptions, root: Path):
     """Render room ``index``; write its video; return its scene graph (video_path relative to root)."""
-    from vlm3r_ros.sim.core import Intrinsics, make_simulation
+    from vlm3r_ros.media.sample_scene import write_video
+    from vlm3r_ros.sim.core import Intrinsics
+    from vlm3r_ros.sim.factory import make_simulation
     from vlm3r_ros.sim.procedural import generate_scene
-    from vlm3r_ros.tools.sample_data import write_video
 
     seed = opts.seed * 100_003 + index
     name = f"{opts.dataset}_room_{index:04d}"
@@ -89,7 +90,7 @@ def make_sim_dataset(opts: SimDatasetOptions, progress: Callable[[int, int], Non
     """Render, split, write metadata and QA rows; returns a summary (also written to summary.json)."""
     from vlm3r_ros.data.metadata import save_scene_graphs
     from vlm3r_ros.data.qa.registry import get_spec, question_types
-    from vlm3r_ros.tools.gen_qa import generate
+    from vlm3r_ros.data.qa.batch import generate
 
     root = Path(opts.out)
     root.mkdir(parents=True, exist_ok=True)
