@@ -117,7 +117,7 @@ def test_llava_json_and_weighted_mix(data, tmp_path):
     samples = load_mix([parse_source(f'{path}:0.5', data.parent), parse_source(f'{data}:2')], seed=1)
     assert len(samples) == 2 + 32
     assert sum(s.key.startswith('llava:') for s in samples) == 2
-    assert samples[2].answer == 'A' and samples[3].answer == str((1 * 7) % 9 + 1)  # qa rows: letter / number
+    assert samples[2].answer == '3' and samples[6].answer == 'B'  # qa rows: the number / the option letter
     with pytest.raises(TrainDataError, match='weight must be a positive'):
         parse_source(f'{data}:0')
     bad = tmp_path / 'bad.json'
