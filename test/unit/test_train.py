@@ -76,7 +76,8 @@ def adapter_tensors(folder):
 # ------------------------------------------------------------------ sequences
 def test_prompt_is_the_inference_prompt_and_only_answers_are_labelled():
     tok = tf.tokenizer()
-    question = 'These are frames of a video.\nHow many chairs?\nPlease answer the question using a single word or phrase.'
+    question = ('These are frames of a video.\nHow many chairs?\n'
+                'Please answer the question using a single word or phrase.')
     enc = encode_conversation(normalize_turns([{'from': 'human', 'value': question}, {'from': 'gpt', 'value': '3'}]),
                               tok)
     prompt = tokenize_with_image(build_prompt('How many chairs?'), tok)
@@ -227,7 +228,8 @@ def plain_answer_logits(vlm, item, feats):
     embeds = vlm.splice(item['input_ids'], visual)
     ids = item['input_ids']
     where = int((ids == -200).nonzero()[0, 0])
-    labels = torch.cat([item['labels'][:where], torch.full((visual.shape[0],), IGNORE_INDEX), item['labels'][where + 1:]])
+    labels = torch.cat([item['labels'][:where], torch.full((visual.shape[0],), IGNORE_INDEX),
+                        item['labels'][where + 1:]])
     logits = vlm.llm(inputs_embeds=embeds[None]).logits[0, :-1]
     return logits[labels[1:] != IGNORE_INDEX].float()
 
