@@ -35,6 +35,12 @@ class Vlm3rTrainer(Trainer):
         self.base_name = base_name
         self.sequential = sequential
 
+    def training_step(self, *args, **kwargs):
+        # gradients even when the caller left them off globally (torch.set_grad_enabled(False) elsewhere
+        # in the process, as an inference library may do): the Trainer does not switch them on itself
+        with torch.enable_grad():
+            return super().training_step(*args, **kwargs)
+
     def _get_train_sampler(self, *args, **kwargs):
         if self.sequential:  # the same order in every run (tests compare runs step by step)
             return torch.utils.data.SequentialSampler(self.train_dataset)
