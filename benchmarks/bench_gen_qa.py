@@ -5,9 +5,9 @@
 The scene: ``--objects`` boxes in an 8 x 8 m room, each turned by a random angle about z
 (so object distances take the general box-box path), ``--unique`` of them in categories of
 their own, the rest chairs and tables; ``--frames`` camera poses on a circle, 5 objects visible
-per frame. Prints each generator's rows and median time over ``--repeats`` calls, the time
-of the exact box distance for a turned and an axis-aligned pair, and the wall time of one
-``vlm3r-gen-qa`` run over every type (a child process, import time included).
+per frame. Prints each generator's rows and median time over ``--repeats`` calls in both ``compat``
+modes, the time of the official sampled and the exact box distance for a turned and an
+axis-aligned pair, and the wall time of one ``vlm3r-gen-qa`` run over every type (a child process, import time included).
 Numbers go into notes; nothing here asserts a timing.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from vlm3r_ros.data.metadata import save_scene_graphs
-from vlm3r_ros.data.qa.common import AnswerBalancer, box_distance, make_rng
+from vlm3r_ros.data.qa.common import COMPAT_MODES, AnswerBalancer, box_distance, make_rng, sampled_box_distance
 from vlm3r_ros.data.qa.registry import get_generator, question_types
 from vlm3r_ros.data.scene_graph import FrameAnnotation, ObjectInstance, OrientedBox, SceneGraph
 
@@ -84,15 +84,20 @@ def main() -> None:
           f"{os.cpu_count()} CPUs; median of {args.repeats}")
     for qtype in question_types():
         generator = get_generator(qtype)
-        rows = generator(scene, make_rng(0, qtype), balancer=AnswerBalancer())
-        ms = median_ms(lambda: generator(scene, make_rng(0, qtype), balancer=AnswerBalancer()), args.repeats)
-        print(f"  {qtype:30s} {len(rows):3d} rows {ms:9.1f} ms")
+        for compat in COMPAT_MODES:
+            def call():
+                return generator(scene, make_rng(0, qtype), balancer=AnswerBalancer(), compat=compat)
+            rows = call()
+            print(f"  {qtype:30s} {compat:8s} {len(rows):3d} rows {median_ms(call, args.repeats):9.1f} ms")
     turned_a = OrientedBox.create([0, 0, 0], [1, 1, 1], turned_about_z(0.3))
     turned_b = OrientedBox.create([3, 1, 0], [1, 2, 1], turned_about_z(1.0))
     aligned_a = OrientedBox.axis_aligned([0, 0, 0], [1, 1, 1])
     aligned_b = OrientedBox.axis_aligned([3, 1, 0], [4, 2, 1])
     print(f"box_distance: turned pair {median_ms(lambda: box_distance(turned_a, turned_b), 200):.3f} ms, "
           f"axis-aligned pair {median_ms(lambda: box_distance(aligned_a, aligned_b), 200):.3f} ms")
+    print(f"sampled_box_distance (official, grids sampled each call): turned pair "
+          f"{median_ms(lambda: sampled_box_distance(turned_a, turned_b), 20):.2f} ms, axis-aligned pair "
+          f"{median_ms(lambda: sampled_box_distance(aligned_a, aligned_b), 20):.2f} ms")
     with tempfile.TemporaryDirectory() as folder:
         save_scene_graphs([scene], folder, "scannet", "val")
         command = [str(Path(sys.executable).with_name("vlm3r-gen-qa")), "--root", folder, "--dataset", "scannet",

@@ -4,10 +4,11 @@
     ros2 launch vlm3r_ros sim.launch.py node_params_file:=/path/to/my_vlm3r.yaml num_frames:=120
 
 vlm3r_sim_bridge renders a simulated room (config/sim_bridge.yaml) and publishes images,
-camera info, /tf, /tf_static, odom, /clock and the ground-truth scene graph; vlm3r_node
-(default config/tiny.yaml: TINY RANDOM WEIGHTS, meaningless answers) runs with
-use_sim_time and takes every frame: the bridge waits for it (lockstep on its ~/state).
-Questions go to /spatial_query; the scored loop is `vlm3r-sim-eval` (docs/sim.md).
+camera info, /tf, /tf_static, odom, /clock and the ground-truth scene graph; the node is
+started by including launch/vlm3r.launch.py (default config/tiny.yaml: TINY RANDOM WEIGHTS,
+meaningless answers) with use_sim_time, and takes every frame: the bridge waits for it
+(lockstep on its ~/state). Questions go to /spatial_query; the scored loop is
+`vlm3r-sim-eval` (docs/sim.md).
 
 Arguments:
     bridge_params_file  bridge parameters (default: the package's config/sim_bridge.yaml)
@@ -16,21 +17,26 @@ Arguments:
     num_frames          frames of the generated trajectory
     output_dir          where the bridge writes the ground truth ('' = no files)
     namespace           namespace of both nodes and their topics
+A params file that does not exist stops the launch with an error.
 
 Fast DDS: FASTDDS_DEFAULT_PROFILES_FILE is set to config/fastdds_large_data.xml for both
 processes unless it is already set (large images over shared memory).
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction, SetEnvironmentVariable
+from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import LifecycleNode, Node
+from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+from vlm3r_ros.ros.launch_checks import require_existing_files
+
 
 def generate_launch_description():
-    config = PathJoinSubstitution([FindPackageShare('vlm3r_ros'), 'config'])
+    share = FindPackageShare('vlm3r_ros')
+    config = PathJoinSubstitution([share, 'config'])
     bridge_params_file = LaunchConfiguration('bridge_params_file')
     node_params_file = LaunchConfiguration('node_params_file')
     num_frames = LaunchConfiguration('num_frames')
@@ -54,6 +60,8 @@ def generate_launch_description():
             'FASTDDS_DEFAULT_PROFILES_FILE',
             EnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE',
                                 default_value=PathJoinSubstitution([config, 'fastdds_large_data.xml']))),
+        # launch_ros would only warn about a missing params file (the node's: vlm3r.launch.py).
+        OpaqueFunction(function=require_existing_files, args=['bridge_params_file']),
         Node(
             package='vlm3r_ros',
             executable='vlm3r_sim_bridge',
@@ -70,13 +78,13 @@ def generate_launch_description():
                 },
             ],
         ),
-        LifecycleNode(
-            package='vlm3r_ros',
-            executable='vlm3r_node',
-            name='vlm3r_node',
-            namespace=namespace,
-            output='screen',
-            emulate_tty=True,
-            parameters=[node_params_file, {'use_sim_time': True}],
+        # The node exactly as vlm3r.launch.py starts it (name vlm3r_node: the lockstep topic above).
+        IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(PathJoinSubstitution([share, 'launch', 'vlm3r.launch.py'])),
+            launch_arguments={
+                'params_file': node_params_file,
+                'namespace': namespace,
+                'use_sim_time': 'true',
+            }.items(),
         ),
     ])

@@ -5,8 +5,11 @@
 
 Arguments:
     params_file   parameter YAML (default: the package's config/vlm3r.yaml, real weights:
-                  fill in its weight paths; config/tiny.yaml runs on tiny random weights)
-    image_topic   sensor_msgs/Image topic the node subscribes to (overrides the YAML's)
+                  fill in its weight paths; config/tiny.yaml runs on tiny random weights).
+                  A file that does not exist stops the launch with an error.
+    image_topic   sensor_msgs/Image topic the node reads: a remapping of the node's `image`
+                  topic (the image_topic parameter's default), so it never overrides a
+                  params file that names another topic
     namespace     namespace of the node, its topics and its spatial_query service
     use_sim_time  use /clock (true when playing a bag)
 
@@ -15,14 +18,18 @@ config/fastdds_large_data.xml (a 16 MiB shared-memory segment) for everything th
 launches, unless it is already set; without it most large best-effort images are lost.
 A camera driver started elsewhere needs the same variable, since the sender's setting
 is the one that matters.
+
+launch/sim.launch.py includes this file.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from vlm3r_ros.ros.launch_checks import require_existing_files
 
 
 def generate_launch_description():
@@ -39,7 +46,8 @@ def generate_launch_description():
                         'config/tiny.yaml: tiny random weights)'),
         DeclareLaunchArgument(
             'image_topic', default_value='image',
-            description='sensor_msgs/Image topic to subscribe to (relative names follow the namespace)'),
+            description='sensor_msgs/Image topic to subscribe to, remapped onto the node\'s "image" '
+                        '(relative names follow the namespace)'),
         DeclareLaunchArgument(
             'namespace', default_value='',
             description='Namespace of the node, its topics and services'),
@@ -50,6 +58,8 @@ def generate_launch_description():
             'FASTDDS_DEFAULT_PROFILES_FILE',
             EnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE',
                                 default_value=PathJoinSubstitution([config, 'fastdds_large_data.xml']))),
+        # launch_ros would only warn about a missing params file and start on defaults.
+        OpaqueFunction(function=require_existing_files, args=['params_file']),
         LifecycleNode(
             package='vlm3r_ros',
             executable='vlm3r_node',
@@ -59,10 +69,8 @@ def generate_launch_description():
             emulate_tty=True,
             parameters=[
                 params_file,
-                {
-                    'image_topic': image_topic,
-                    'use_sim_time': ParameterValue(use_sim_time, value_type=bool),
-                },
+                {'use_sim_time': ParameterValue(use_sim_time, value_type=bool)},
             ],
+            remappings=[('image', image_topic)],
         ),
     ])

@@ -1,11 +1,12 @@
 # Sourced by scripts/setup.sh and scripts/build_tf2_msgs.sh (not run on its own).
-# cmake_install_package SRC BUILD: configure, build and install the ament_cmake
+# cmake_install_package SRC BUILD [CMAKE-ARGS...]: configure, build and install the ament_cmake
 # interface package in SRC into the venv prefix VENV with the rosidl generators
 # of the PyPI wheels (../shared/ros2-on-pypi.md). The caller sets VENV and PY and
 # defines log and die. CMake rebuilds only what changed; a build tree configured
 # for another source or prefix (the repository or venv moved) is started afresh.
 cmake_install_package() {
   local src="$1" build="$2"
+  shift 2
   export AMENT_PREFIX_PATH="$VENV"   # else "No 'rosidl_typesupport_c' found"
   if [[ -f "$build/CMakeCache.txt" ]] && ! { grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$src" "$build/CMakeCache.txt" \
         && grep -qxF "CMAKE_INSTALL_PREFIX:PATH=$VENV" "$build/CMakeCache.txt"; }; then
@@ -25,7 +26,8 @@ cmake_install_package() {
     -DCMAKE_PREFIX_PATH="$VENV" \
     -DPython3_EXECUTABLE="$PY" \
     -DCMAKE_BUILD_TYPE=Release \
-    -DBUILD_TESTING=OFF
+    -DBUILD_TESTING=OFF \
+    "$@"
   _cmake_step build --build "$build" -j "$(nproc)"
   _cmake_step install --install "$build"
 }

@@ -4,7 +4,7 @@
 #   2. torch, FIRST, so that no later requirement can pull another torch build;
 #   3. requirements.txt (Python libraries and the ROS 2 Kilted wheels from PyPI);
 #   4. the ROS interfaces in msg/ and srv/, built with CMake in build/ and
-#      installed into .venv (C libraries) and into vlm3r_ros/ (Python modules);
+#      installed into .venv (C libraries) and build/interfaces_py (Python modules);
 #      before them tf2_msgs/msg/TFMessage, which the wheels lack, into .venv
 #      (scripts/build_tf2_msgs.sh, from interfaces/tf2_msgs);
 #   5. the package itself, editable: pip install -e .
@@ -12,7 +12,8 @@
 #
 # Idempotent: .venv/.setup-stamp holds a hash of every input (requirements,
 # constraints, setup.py, package.xml, CMakeLists.txt, msg/, srv/, interfaces/tf2_msgs,
-# this script, scripts/build_tf2_msgs.sh, scripts/cmake_install.sh and the settings
+# this script, scripts/build_tf2_msgs.sh, scripts/cmake_install.sh, scripts/ros2_run_launchers.py,
+# vlm3r_ros/__init__.py and the settings
 # below). When it matches and the installed packages import, the script prints
 # "set-up is up to date" and changes nothing.
 #
@@ -66,7 +67,8 @@ inputs_hash() {
   local f
   {
     for f in requirements.txt constraints.txt setup.py pyproject.toml package.xml \
-             CMakeLists.txt scripts/setup.sh msg/*.msg srv/*.srv \
+             CMakeLists.txt scripts/setup.sh msg/*.msg srv/*.srv scripts/ros2_run_launchers.py \
+             vlm3r_ros/__init__.py \
              scripts/build_tf2_msgs.sh scripts/cmake_install.sh interfaces/tf2_msgs/CMakeLists.txt \
              interfaces/tf2_msgs/package.xml interfaces/tf2_msgs/msg/*.msg; do
       printf '== %s\n' "$f"
@@ -163,12 +165,26 @@ pip_install -c "$EFFECTIVE_CONSTRAINTS" -r requirements.txt
 # field list, same type hash). Its own script so it can run alone; see its header.
 log "4/5 building tf2_msgs (not among the wheels) in $BUILD/tf2_msgs"
 bash "$ROOT/scripts/build_tf2_msgs.sh" "$VENV" "$BUILD/tf2_msgs"
-# 4b. Our msg/ and srv/.
+# 4b. Our msg/ and srv/. The C libraries and share/ go into .venv like a wheel's; the
+# generated Python (PYTHON_INSTALL_DIR) into build/python, where pip never sees rosidl's
+# egg-info as the same distribution. Only msg/, srv/ (action/) and the typesupport extensions are
+# kept, in build/interfaces_py/vlm3r_ros, which site-packages/vlm3r_ros.pkg names for
+# vlm3r_ros/__init__.py (pkgutil.extend_path). Nothing is written into the source tree.
 log "4/5 building msg/ and srv/ with CMake in $BUILD"
-# Stale generated modules from an earlier build (e.g. a removed .msg) must go.
+# Set-ups before this one generated into the source package; those copies would shadow.
 rm -rf "$ROOT/$PKG/msg" "$ROOT/$PKG/srv"
 rm -f "$ROOT/$PKG"/*.so
-cmake_install_package "$ROOT" "$BUILD"
+rm -rf "$BUILD/python"  # a removed .msg must not survive
+cmake_install_package "$ROOT" "$BUILD" -DPYTHON_INSTALL_DIR="$BUILD/python"
+INTERFACES_PY="$BUILD/interfaces_py/$PKG"
+rm -rf "$BUILD/interfaces_py"
+mkdir -p "$INTERFACES_PY"
+for kind in msg srv action; do  # the interface kinds rosidl generates (action once there is one)
+  if [[ -d "$BUILD/python/$PKG/$kind" ]]; then cp -R "$BUILD/python/$PKG/$kind" "$INTERFACES_PY/"; fi
+done
+cp "$BUILD/python/$PKG"/*.so "$INTERFACES_PY/"
+SITE_PACKAGES="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+printf '%s\n' "$INTERFACES_PY" >"$SITE_PACKAGES/$PKG.pkg"
 
 # 5. The package, editable ------------------------------------------------------
 # Keep build isolation: the venv's own setuptools is too old for PEP 660.

@@ -400,6 +400,31 @@ def test_valid_parameter_changes_apply_at_run_time(client):
     assert 1 <= len(client.paths[-1].poses) <= 3
 
 
+def test_points_every_n_frames_thins_the_clouds_not_the_poses(client):
+    """points_every_n_frames 3: the dense points head runs on at most every third processed
+    frame (so ~/points thins out) while every processed frame still gets its ~/pose."""
+    (result,) = set_parameters(client, points_every_n_frames=3)
+    assert result.successful is True, result.reason
+    try:
+        received = client.state.frames_received
+        poses_before, clouds_before = len(client.poses), len(client.clouds)  # earlier tests reused these stamps
+        stamps = client.publish_frames(9)
+        client.spin_until(lambda: client.settled(received + 9), '9 more frames settled')
+        client.spin_until(lambda: any(stamp_ns(p.header.stamp) == stamps[-1] for p in client.poses[poses_before:]),
+                          '~/pose of the last frame')
+        pose_stamps = sorted(stamp_ns(p.header.stamp) for p in client.poses[poses_before:])
+        cloud_stamps = sorted(stamp_ns(c.header.stamp) for c in client.clouds[clouds_before:])
+        assert pose_stamps and set(cloud_stamps) <= set(pose_stamps)
+        positions = [pose_stamps.index(s) for s in cloud_stamps]
+        assert all(b - a >= 3 for a, b in zip(positions, positions[1:])), (positions, len(pose_stamps))
+        assert len(cloud_stamps) <= -(-len(pose_stamps) // 3)
+        if len(pose_stamps) >= 3:
+            assert cloud_stamps, f'no cloud in {len(pose_stamps)} processed frames'
+    finally:
+        (result,) = set_parameters(client, points_every_n_frames=1)
+        assert result.successful is True, result.reason
+
+
 def test_shipped_transport_setting_delivers_large_best_effort_frames(client, spawn_python):
     """432x432 rgb8 (547 KiB) at 20 Hz, best effort, from a third process using the shipped
     Fast DDS profile (the sender's setting is the one that matters)."""

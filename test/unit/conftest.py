@@ -1,17 +1,15 @@
 """Shared set-up of the unit tests: where the CUT3R parity fixtures live.
 
-The fixtures are data shipped beside the repository, not inside it: in CI the repo is a
-fresh clone with ``shared/`` next to it (``<repo>/../shared``). They are located relative
-to this file, never through the working directory. A missing fixture folder FAILS the
-tests that need it, with a message saying where it was looked for: parity must never be
-skipped silently.
+The fixtures are part of the repository (test/fixtures/reference/, see its README.md), so
+a plain clone runs them. They are located relative to this file, never through the working
+directory. A missing fixture folder FAILS the tests that need it, with a message saying
+where it was looked for: parity must never be skipped silently.
 """
 from pathlib import Path
 
 import pytest
 
-CUT3R_REFERENCE_DIR = (Path(__file__).resolve().parents[2].parent
-                       / 'shared' / 'reference' / 'cut3r')
+CUT3R_REFERENCE_DIR = Path(__file__).resolve().parents[1] / 'fixtures' / 'reference' / 'cut3r'
 CUT3R_FIXTURE_GLOB = 'cut3r_*.safetensors'
 
 
@@ -26,15 +24,15 @@ def _require_reference_dir():
     if not CUT3R_REFERENCE_DIR.is_dir():
         pytest.fail(
             f'CUT3R reference fixtures not found: expected the folder {CUT3R_REFERENCE_DIR} '
-            f'(shared/reference/cut3r beside the repository checkout). Clone or copy the '
-            f'shared/ folder next to the repository; these tests must not be skipped.',
+            f'(test/fixtures/reference/cut3r of the repository; a checkout without it is '
+            f'incomplete). These tests must not be skipped.',
             pytrace=False)
     return CUT3R_REFERENCE_DIR
 
 
 @pytest.fixture(scope='session')
 def cut3r_reference_dir():
-    """shared/reference/cut3r; fails the test (never skips) when it is missing."""
+    """test/fixtures/reference/cut3r; fails the test (never skips) when it is missing."""
     return _require_reference_dir()
 
 

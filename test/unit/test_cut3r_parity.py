@@ -1,6 +1,6 @@
 """Numerical parity of our CUT3R with the official code, on the shared fixture files.
 
-Each fixture (shared/reference/cut3r/cut3r_*.safetensors + .json) holds a tiny random
+Each fixture (test/fixtures/reference/cut3r/cut3r_*.safetensors + .json) holds a tiny random
 model under the official key names, an input stream and every per-frame output the
 official code produced. Our model must meet the README's robust rule on every output
 name. A mutation (no fp16 rounding of q/k in the image encoder) must make it fail, which

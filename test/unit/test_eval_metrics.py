@@ -278,3 +278,34 @@ def test_summary_refuses_empty_input_and_unknown_benchmarks():
 def test_summary_to_dict_is_plain_data():
     doc = score([vsi('object_counting', '1', '1')], 'vsibench').to_dict()
     assert doc['overall'] == 100.0 and doc['per_type'] == {'object_counting': 100.0}
+
+
+# --- --scorer vlm3r (the paper's float() of the first word) vs lmms-eval (extract_number, after #1386) -------
+def test_extract_number_reads_as_lmms_eval_now():
+    from vlm3r_ros.eval.metrics import extract_number
+    assert extract_number("2.0m") == 2.0 and extract_number("about 10") == 10.0
+    assert extract_number("Three boxes.") == 3.0 and extract_number("twenty-one") == 21.0
+    assert extract_number("three hundred and twenty-one") == 321.0
+    assert extract_number("one apple, room 2") == 1.0  # whichever number comes first
+    assert extract_number("1e3") == 1.0 and extract_number("no idea") is None and extract_number("") is None
+
+
+def test_the_two_scorers_read_numeric_replies_differently():
+    from vlm3r_ros.eval.metrics import score_row
+    def row(prediction, gt):
+        return {"question_type": "object_abs_distance", "prediction": prediction, "ground_truth": gt}
+    # "2.0m" vs 3.0: float("2.0m") fails -> 0; extract_number 2.0: |2-3|/3 = 0.333 <= 1-theta for
+    # theta in 0.50, 0.55, 0.60, 0.65 -> 4 of 10
+    assert score_row(row("2.0m", 3.0), "vsibench") == 0.0
+    assert score_row(row("2.0m", 3.0), "vsibench", scorer="lmms-eval") == pytest.approx(0.4)
+    # "about 10" vs 10: first word "about" -> 0; extract_number 10 -> 1
+    assert score_row(row("about 10", 10.0), "vsibench") == 0.0
+    assert score_row(row("about 10", 10.0), "vsibench", scorer="lmms-eval") == 1.0
+    # "1e3" vs 1000: float reads 1000 -> 1; extract_number reads 1 -> 0
+    assert score_row(row("1e3", 1000.0), "vsibench") == 1.0
+    assert score_row(row("1e3", 1000.0), "vsibench", scorer="lmms-eval") == 0.0
+    # multiple choice: both read the first word
+    mc = {"question_type": "route_planning", "prediction": "B. Turn Left", "ground_truth": "B"}
+    assert score_row(mc, "vsibench") == score_row(mc, "vsibench", scorer="lmms-eval") == 1.0
+    with pytest.raises(ScoringError, match="scorer must be one of"):
+        score_row(row("2", 2.0), "vsibench", scorer="paper")

@@ -67,13 +67,15 @@ def test_all_vsi_types_from_a_metadata_folder(metadata, tmp_path, capsys):
             "--max-per-scene", "all", "--out", out)
     rows = read_rows(out)
     assert [r["id"] for r in rows] == list(range(len(rows)))
-    assert {r["question_type"] for r in rows} == set(VSI)  # every VSI type found something to ask
+    # every VSI type found something to ask, but route planning: the official metadata has no free space
+    assert {r["question_type"] for r in rows} == set(VSI) - {"route_planning"}
     # types in registry order, scenes sorted within each type
     order = [(VSI.index(r["question_type"]), r["scene_name"]) for r in rows]
     assert order == sorted(order)
     for r in rows:
-        assert list(r)[:10] == ["id", "dataset", "scene_name", "video_path", "frame_indices", "question_type",
-                                "question", "options", "ground_truth", "mc_answer"]
+        # VSI rows have no frame_indices, as the official rows
+        assert list(r)[:9] == ["id", "dataset", "scene_name", "video_path", "question_type",
+                               "question", "options", "ground_truth", "mc_answer"]
         assert r["dataset"] == "scannet" and r["video_path"] == f"scannet/{r['scene_name']}.mp4"
         letter = r["mc_answer"]
         assert r["options"]["ABCD".index(letter)] == f"{letter}. {r['ground_truth']}"
@@ -142,7 +144,9 @@ def test_parquet_output_or_a_clear_error(metadata, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--types", "object_counting,route_planning"], "unknown question type 'route_planning'"),
+    (["--types", "object_counting,route_plan"], "unknown question type 'route_plan'"),
+    (["--sim-rooms", "0-x"], "--sim-rooms: expected seeds such as 0-19"),
+    (["--sim-rooms", "0"], "give either --sim-rooms or metadata files, not both"),
     (["--max-per-scene", "0"], "expected a positive integer or 'all'"),
     (["--scenes", "scene_z"], "not in the metadata: scene_z"),
 ])
@@ -180,3 +184,18 @@ def test_every_generated_type_is_scored_by_its_benchmark():
 
     for spec in SPECS:
         assert spec.question_type in BENCHMARKS[spec.benchmark].question_types, spec
+
+
+def test_route_planning_from_sim_rooms(tmp_path):
+    out = tmp_path / "rp.jsonl"
+    assert main(["--sim-rooms", "0-1", "--types", "route_planning", "--format", "benchmark", "--out", str(out)]) == 0
+    rows = read_rows(out)
+    assert len(rows) == 6 and {r["scene_name"] for r in rows} == {"sim_0000", "sim_0001"}  # 3 per room
+    for r in rows:  # the published shape: the letter as ground truth, the turns kept as "answer"
+        assert r["question_type"] == "route_planning" and r["ground_truth"] in "ABCD"
+        assert r["options"]["ABCD".index(r["ground_truth"])] == f"{r['ground_truth']}. {r['answer']}"
+    # --compat exact changes nothing here (no official generator to follow)
+    exact = tmp_path / "exact.jsonl"
+    assert main(["--sim-rooms", "0-1", "--types", "route_planning", "--format", "benchmark", "--compat", "exact",
+                 "--out", str(exact)]) == 0
+    assert read_rows(exact) == rows

@@ -48,7 +48,8 @@ def test_parameter_table_is_consistent():
     settings = {f for f in NodeSettings.__dataclass_fields__}
     assert settings == {p.name for p in PARAMETERS if p.read_only} - {'autostart'}
     dynamic = {p.name for p in PARAMETERS if not p.read_only}
-    assert dynamic == {'world_frame_id', 'path_max_length', 'publish_points', 'points_max'}
+    assert dynamic == {'world_frame_id', 'path_max_length', 'publish_points', 'points_max', 'points_period',
+                       'points_every_n_frames'}
 
 
 @pytest.mark.parametrize('name, value, message', [
@@ -125,16 +126,73 @@ def keyword(call, name):
     return next((k.value for k in call.keywords if k.arg == name), None)
 
 
+def imported_modules(tree):
+    return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+
+
+def check_imports(tree):
+    """launch, launch_ros, and of our package only the launch-free checks module."""
+    modules = imported_modules(tree)
+    assert {m.split('.')[0] for m in modules} <= {'launch', 'launch_ros', 'vlm3r_ros'}, modules
+    assert {m for m in modules if m.startswith('vlm3r_ros')} == {'vlm3r_ros.ros.launch_checks'}
+    assert 'generate_launch_description' in [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+
+
+def launch_actions(tree):
+    """The list given to LaunchDescription([...]), in order."""
+    (description,) = calls(tree, 'LaunchDescription')
+    return description.args[0].elts
+
+
+def assigned_launch_configurations(tree):
+    """{variable name: launch argument} for `x = LaunchConfiguration('x')` lines."""
+    return {n.targets[0].id: ast.literal_eval(n.value.args[0]) for n in ast.walk(tree)
+            if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call)
+            and getattr(n.value.func, 'id', None) == 'LaunchConfiguration'}
+
+
+def check_parameter_values_are_typed(node, tree):
+    """Every launch argument passed as a parameter value is a ParameterValue with a value_type
+    (a bare substitution would be parsed as YAML: '' or '1e3' would change type)."""
+    configurations = assigned_launch_configurations(tree)
+    for entry in keyword(node, 'parameters').elts:
+        if not isinstance(entry, ast.Dict):
+            continue
+        for key, value in zip(entry.keys, entry.values):
+            if isinstance(value, ast.Name):
+                raise AssertionError(f'{ast.literal_eval(key)}: a bare launch argument; wrap it in ParameterValue')
+            if isinstance(value, ast.Call):
+                assert getattr(value.func, 'id', None) == 'ParameterValue', ast.dump(value)
+                assert value.args[0].id in configurations
+                assert isinstance(keyword(value, 'value_type'), ast.Name), ast.literal_eval(key)
+
+
+def check_params_files_are_required(tree, arguments):
+    """An OpaqueFunction(require_existing_files, args=[...]) comes before every node."""
+    actions = launch_actions(tree)
+    kinds = [getattr(a.func, 'id', None) for a in actions]
+    (check,) = [a for a in actions if getattr(a.func, 'id', None) == 'OpaqueFunction']
+    assert keyword(check, 'function').id == 'require_existing_files'
+    assert ast.literal_eval(keyword(check, 'args')) == arguments
+    first_node = min(kinds.index(k) for k in ('Node', 'LifecycleNode', 'IncludeLaunchDescription') if k in kinds)
+    assert kinds.index('OpaqueFunction') < first_node
+
+
+def check_defaults_come_from_the_package_share(tree):
+    """Shipped files are found in share/vlm3r_ros (FindPackageShare), never by a source path."""
+    shares = calls(tree, 'FindPackageShare')
+    assert shares and all(ast.literal_eval(c.args[0]) == 'vlm3r_ros' for c in shares)
+    assert '__file__' not in ast.unparse(tree)
+
+
 def test_launch_file_is_a_launch_ros_file():
     tree = launch_tree()
-    imported = {n.module.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert imported <= {'launch', 'launch_ros'}, imported
-    functions = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
-    assert 'generate_launch_description' in functions
+    check_imports(tree)
     (node,) = calls(tree, 'LifecycleNode')
     assert ast.literal_eval(keyword(node, 'package')) == 'vlm3r_ros'
     assert ast.literal_eval(keyword(node, 'executable')) == 'vlm3r_node'
     assert ast.literal_eval(keyword(node, 'name')) == 'vlm3r_node'
+    check_defaults_come_from_the_package_share(tree)
 
 
 def test_launch_arguments():
@@ -145,16 +203,56 @@ def test_launch_arguments():
 
 
 def test_launch_passes_only_declared_parameters_and_the_params_file():
-    (node,) = calls(launch_tree(), 'LifecycleNode')
+    tree = launch_tree()
+    (node,) = calls(tree, 'LifecycleNode')
     parameters = keyword(node, 'parameters')
     assert isinstance(parameters, ast.List)
     dicts = [e for e in parameters.elts if isinstance(e, ast.Dict)]
     keys = {ast.literal_eval(k) for d in dicts for k in d.keys}
-    assert keys == {'image_topic', 'use_sim_time'}
+    assert keys == {'use_sim_time'}  # the params file decides everything else
     assert keys <= set(PARAMETER_NAMES) | NODE_BUILTIN_PARAMETERS
     names = [e.id for e in parameters.elts if isinstance(e, ast.Name)]
     assert names == ['params_file']
     assert isinstance(keyword(node, 'namespace'), ast.Name)  # the namespace argument
+    check_parameter_values_are_typed(node, tree)
+
+
+def test_image_topic_is_a_remapping_not_a_parameter():
+    """image_topic:=... remaps the node's `image` topic (the parameter's default), so it never
+    overrides the image_topic a params file sets."""
+    tree = launch_tree()
+    (node,) = calls(tree, 'LifecycleNode')
+    (remapping,) = keyword(node, 'remappings').elts
+    source, target = remapping.elts
+    assert ast.literal_eval(source) == SPECS['image_topic'].default == 'image'
+    assert assigned_launch_configurations(tree)[target.id] == 'image_topic'
+
+
+def test_a_missing_params_file_stops_the_launch():
+    check_params_files_are_required(launch_tree(), ['params_file'])
+
+
+class LaunchContextStandIn:
+    """Stand-in for launch.LaunchContext (launch is not on PyPI): only the attribute
+    require_existing_files reads, the launch arguments' values as strings."""
+
+    def __init__(self, **configurations):
+        self.launch_configurations = configurations
+
+
+def test_require_existing_files_names_the_argument_and_the_path(tmp_path):
+    from vlm3r_ros.ros.launch_checks import require_existing_files
+
+    good = tmp_path / 'mine.yaml'
+    good.write_text('{}')
+    context = LaunchContextStandIn(params_file=str(good), other=str(tmp_path / 'typo.yaml'))
+    assert require_existing_files(context, 'params_file') == []
+    with pytest.raises(RuntimeError, match=r"launch argument other:='.*typo.yaml': no such file"):
+        require_existing_files(context, 'params_file', 'other')
+    with pytest.raises(RuntimeError, match="params_file:='': no such file"):
+        require_existing_files(LaunchContextStandIn(), 'params_file')
+    with pytest.raises(RuntimeError, match='no such file'):  # a folder is not a params file
+        require_existing_files(LaunchContextStandIn(params_file=str(tmp_path)), 'params_file')
 
 
 def test_launch_defaults_name_shipped_files():
@@ -197,14 +295,46 @@ def test_console_script_is_registered():
     assert scripts.get('vlm3r-node') == 'vlm3r_ros.ros.main:main'
 
 
-def test_ros2_run_executable_is_installed():
-    """make setup installs lib/vlm3r_ros/vlm3r_node into the venv (the ROS install prefix)."""
-    path = Path(sys.prefix) / 'lib' / 'vlm3r_ros' / 'vlm3r_node'
-    assert path.is_file(), f'{path} missing: run make setup'
-    assert os.access(path, os.X_OK)
-    assert 'from vlm3r_ros.ros.main import main' in path.read_text()
-    assert path.read_text() == (ROOT / 'scripts' / 'vlm3r_node').read_text(), 'stale: run make setup'
+def ros2_run_launchers():
+    """scripts/ros2_run_launchers.py, imported from its file (scripts/ is no package)."""
+    import importlib.util
 
+    spec = importlib.util.spec_from_file_location('ros2_run_launchers', ROOT / 'scripts' / 'ros2_run_launchers.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ros2_run_launchers_cover_every_console_script(tmp_path):
+    module = ros2_run_launchers()
+    scripts = {e.name: e.value for e in importlib.metadata.entry_points(group='console_scripts')
+               if e.value.startswith('vlm3r_ros.')}
+    launchers = module.launchers(ROOT / 'setup.py')
+    assert {n: v for n, v in launchers.items() if n in scripts} == scripts  # every entry point, same target
+    assert launchers['vlm3r_node'] == 'vlm3r_ros.ros.main:main'
+    assert launchers['vlm3r_sim_bridge'] == 'vlm3r_ros.ros.sim_bridge:main'
+    assert set(launchers) == set(scripts) | {'vlm3r_node', 'vlm3r_sim_bridge'}
+    (tmp_path / 'stale').mkdir()
+    (tmp_path / 'stale' / 'vlm3r-removed').write_text('old')
+    assert module.main([str(ROOT / 'setup.py'), str(tmp_path / 'stale'), '/usr/bin/python3']) == 0
+    written = sorted(p.name for p in (tmp_path / 'stale').iterdir())
+    assert written == sorted(launchers)  # the stale launcher is gone
+    text = (tmp_path / 'stale' / 'vlm3r-ask').read_text()
+    assert text.startswith('#!/usr/bin/python3\n') and 'from vlm3r_ros.tools.ask import main' in text
+    assert os.access(tmp_path / 'stale' / 'vlm3r-ask', os.X_OK)
+
+
+def test_ros2_run_executables_are_installed():
+    """make setup installs lib/vlm3r_ros/<launcher> into the venv (the ROS install prefix),
+    one per console script, as CMakeLists.txt does in a colcon workspace."""
+    folder = Path(sys.prefix) / 'lib' / 'vlm3r_ros'
+    launchers = ros2_run_launchers().launchers(ROOT / 'setup.py')
+    missing = [name for name in launchers if not os.access(folder / name, os.X_OK)]
+    assert not missing, f'{missing} missing from {folder}: run make setup'
+    text = (folder / 'vlm3r_node').read_text()
+    assert 'from vlm3r_ros.ros.main import main' in text, 'stale: run make setup'
+    shebang = Path(text.splitlines()[0].removeprefix('#!'))
+    assert shebang.resolve() == Path(sys.executable).resolve(), f'{shebang}: not the Python the set-up built for'
 
 
 # ------------------------------------------------------------------ weights settings
@@ -273,24 +403,36 @@ def test_cuda_without_a_gpu_is_refused():
         build_engine(settings(model_source='tiny_random', device='cuda:0'))
 
 
-def test_sim_launch_file_starts_the_bridge_and_the_node_on_sim_time():
+def test_sim_launch_file_starts_the_bridge_and_includes_the_node_launch_on_sim_time():
     tree = launch_tree(SIM_LAUNCH)
-    imported = {n.module.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert imported <= {'launch', 'launch_ros'}, imported
-    assert 'generate_launch_description' in [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+    check_imports(tree)
+    check_defaults_come_from_the_package_share(tree)
     (bridge,) = calls(tree, 'Node')
-    (node,) = calls(tree, 'LifecycleNode')
+    assert not calls(tree, 'LifecycleNode'), 'the node comes from vlm3r.launch.py, not a second copy'
     assert ast.literal_eval(keyword(bridge, 'executable')) == 'vlm3r_sim_bridge'
-    assert ast.literal_eval(keyword(node, 'executable')) == 'vlm3r_node'
-    node_name = ast.literal_eval(keyword(node, 'name'))
+    # the node: vlm3r.launch.py, included from the package share
+    (include,) = calls(tree, 'IncludeLaunchDescription')
+    (source,) = [c for c in calls(include, 'PathJoinSubstitution')]
+    assert [ast.literal_eval(e) for e in source.args[0].elts[1:]] == ['launch', LAUNCH.name]
+    assert getattr(source.args[0].elts[0], 'id', None) == 'share'  # FindPackageShare('vlm3r_ros')
+    arguments = keyword(include, 'launch_arguments').func.value  # {...}.items()
+    passed = {ast.literal_eval(k): v for k, v in zip(arguments.keys, arguments.values)}
+    assert set(passed) <= LAUNCH_ARGUMENTS
+    assert ast.literal_eval(passed['use_sim_time']) == 'true'
+    configurations = assigned_launch_configurations(tree)
+    assert configurations[passed['params_file'].id] == 'node_params_file'
+    assert configurations[passed['namespace'].id] == 'namespace'
+    node_name = ast.literal_eval(keyword(calls(launch_tree(), 'LifecycleNode')[0], 'name'))
     bridge_params = [e for e in keyword(bridge, 'parameters').elts if isinstance(e, ast.Dict)][0]
     keys = [ast.literal_eval(k) for k in bridge_params.keys]
     assert set(keys) <= set(BRIDGE_PARAMETER_NAMES)
     lockstep = ast.literal_eval(bridge_params.values[keys.index('lockstep_state_topic')])
     assert lockstep == f'{node_name}/state', 'the bridge waits for the node it launches'
-    node_params = [e for e in keyword(node, 'parameters').elts if isinstance(e, ast.Dict)][0]
-    assert {ast.literal_eval(k): ast.literal_eval(v) for k, v in zip(node_params.keys, node_params.values)} == {
-        'use_sim_time': True}
+    check_parameter_values_are_typed(bridge, tree)
+    value_types = {ast.literal_eval(k): keyword(v, 'value_type').id
+                   for k, v in zip(bridge_params.keys, bridge_params.values) if isinstance(v, ast.Call)}
+    assert value_types == {'num_frames': 'int', 'output_dir': 'str'}
+    check_params_files_are_required(tree, ['bridge_params_file'])
 
 
 def test_sim_launch_arguments_are_declared_and_used():

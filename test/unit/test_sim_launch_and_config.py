@@ -105,13 +105,12 @@ def test_yaml_lists_every_parameter_with_its_default():
 # launch/sim.launch.py is checked in test_launch_and_config.py, with the node's launch file.
 
 
-def test_ros2_run_scripts_exist_and_cmake_installs_them():
-    for executable, module in (('vlm3r_sim_bridge', 'vlm3r_ros.ros.sim_bridge'), ('vlm3r_node', 'vlm3r_ros.ros.main')):
-        script = ROOT / 'scripts' / executable
-        assert f'from {module} import main' in script.read_text()
-        install = re.search(r'install\(PROGRAMS ([^)]*) DESTINATION lib/\$\{PROJECT_NAME\}\)',
-                            (ROOT / 'CMakeLists.txt').read_text())
-        assert install and f'scripts/{executable}' in install.group(1).split()
+def test_cmake_installs_a_ros2_run_launcher_per_console_script():
+    """CMakeLists.txt writes the launchers (scripts/ros2_run_launchers.py, tested in
+    test_launch_and_config.py) and installs them into lib/vlm3r_ros."""
+    cmake = (ROOT / 'CMakeLists.txt').read_text()
+    assert re.search(r'scripts/ros2_run_launchers\.py"\s+"\$\{CMAKE_CURRENT_SOURCE_DIR\}/setup\.py"', cmake)
+    assert re.search(r'install\(PROGRAMS \$\{_vlm3r_executables\} DESTINATION lib/\$\{PROJECT_NAME\}\)', cmake)
 
 
 def test_console_scripts_are_registered():

@@ -179,6 +179,27 @@ def test_keyframe_stride_keeps_every_kth_frame_but_every_frame_advances_cut3r(ge
     assert torch.equal(strided.stats().last_c2w, a[4].c2w)
 
 
+def test_points_only_on_the_frames_that_ask_for_them(geometry_pipeline, pipeline, frames):
+    """With geometry, every frame has its pose; points=False skips the dense head only."""
+    engine, reference = make_engine(geometry_pipeline), make_engine(geometry_pipeline)
+    asks = [True, False, False, None, False]
+    got = [engine.ingest(f, i * 100 * MS, points=ask) for i, (f, ask) in enumerate(zip(frames, asks))]
+    full = ingest_all(reference, frames[:5])
+    for ask, r, f in zip(asks, got, full):
+        assert torch.equal(r.c2w, f.c2w)  # the pose never depends on the points
+        if ask is False:
+            assert r.points_world is None and r.confidence is None and r.colors is None
+        else:
+            assert torch.equal(r.points_world, f.points_world) and torch.equal(r.confidence, f.confidence)
+            assert r.colors.shape == r.points_world.shape
+    assert geometry_pipeline.geometry_heads() == ('pose', 'world_points')
+    assert geometry_pipeline.geometry_heads(points=False) == ('pose',)
+    # tokens only without geometry, whatever the frame asks for
+    assert pipeline.geometry_heads(points=True) == ()
+    r = make_engine(pipeline).ingest(frames[0], 0, points=True)
+    assert r.c2w is None and r.points_world is None
+
+
 def test_no_frames_before_any_frame(pipeline):
     engine = make_engine(pipeline)
     assert error_code(engine.query, QUESTION) == 'NO_FRAMES'

@@ -751,3 +751,27 @@ def test_node_loads_with_the_vlm_config_overrides_parameter(cli_weights):
     values['vlm_config_overrides'] = json.dumps(CLI_OVERRIDES)
     engine = build_engine(NodeSettings(**{k: values[k] for k in NodeSettings.__dataclass_fields__}))
     assert engine.pipeline.vlm.config.vision == CFG.vision
+
+
+def test_robot_part_loads_without_llm_layers(parts, folders, loaded):
+    """llm_layers=False (llm_backend openai): every tensor but the LLM's layers, norm and head, equal to the
+    full load; those keys are dropped unread with their reason; the LoRA (LLM layers only) is not merged."""
+    from vlm3r_ros.engine.llm_backend import InputEmbeddingsOnly
+    from vlm3r_ros.engine.vlm_checkpoint import LLM_LAYERS_SKIPPED
+
+    full, _ = loaded
+    robot, report = load_vlm3r(*folders, config_overrides=OVERRIDES, llm_layers=False, tokenizer_size=TOKENIZER)
+    assert isinstance(robot.llm, InputEmbeddingsOnly)
+    robot_sd, full_sd = robot.state_dict(), full.state_dict()
+    llm_layer_keys = {k for k in full_sd if k.startswith(('llm.model.layers.', 'llm.model.norm.', 'llm.lm_head.'))}
+    assert len(llm_layer_keys) == 2 * 12 + 1 + 1  # 12 tensors per tiny Qwen2 layer, final norm, head
+    assert set(robot_sd) == set(full_sd) - llm_layer_keys
+    for key in robot_sd:
+        if key != 'llm.model.embed_tokens.weight':
+            assert torch.equal(robot_sd[key], full_sd[key]), key
+    # the embedding table resized as the full load resizes it (first TOKENIZER rows)
+    assert torch.equal(robot_sd['llm.model.embed_tokens.weight'], full_sd['llm.model.embed_tokens.weight'][:TOKENIZER])
+    assert report.lora_pairs_merged == 0 and report.vocab_resize == (VOCAB, TOKENIZER)
+    skipped = sorted(d.key for d in report.dropped if d.reason == LLM_LAYERS_SKIPPED)
+    assert skipped == sorted(official_name(k) for k in llm_layer_keys)
+    assert sum(p.numel() for p in robot.parameters()) < sum(p.numel() for p in full.parameters())

@@ -1,6 +1,6 @@
 """VLM-3R token path (fusion, projector, pooling, newlines, splice) vs the official code.
 
-Every public fixture in shared/reference/vlm3r must reproduce every expect/* tensor within
+Every public fixture in test/fixtures/reference/vlm3r must reproduce every expect/* tensor within
 1e-5 max abs error in float32. The fixtures' folder missing is a failure, never a skip.
 """
 import json
@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from vlm3r_ros.tools import parity
 
-VLM3R_REFERENCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "vlm3r"
+VLM3R_REFERENCE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "reference" / "vlm3r"
 
 
 def _fixtures():
@@ -21,7 +21,7 @@ def _fixtures():
 
 def test_public_fixtures_are_present():
     if not VLM3R_REFERENCE_DIR.is_dir():
-        pytest.fail(f"VLM-3R fixtures not found at {VLM3R_REFERENCE_DIR} (shared/ beside the checkout)",
+        pytest.fail(f"VLM-3R fixtures not found at {VLM3R_REFERENCE_DIR} (part of the repository)",
                     pytrace=False)
     names = {p.stem for p in _fixtures()}
     assert {"vlm3r_token_path_all", "vlm3r_token_path_patch_tokens", "vlm3r_token_path_camera_tokens",

@@ -151,6 +151,13 @@ class SceneGraph:
     dataset: str = "custom"
     video_path: str | None = None
     fps: float | None = None  # of the video the frame ids index
+    # frame ids of every frame the frame metadata lists, pose-less ones included, sorted (the official
+    # "of N" counts them, and camera movement numbers frames among them); None: the frames above
+    metadata_frame_ids: tuple[int, ...] | None = None
+    # free space, when known (a simulated room): floor polygon (K, 2) and every box that blocks the floor
+    # (None: the objects'); route planning needs it, the other types ignore it
+    floor: np.ndarray | None = None
+    obstacles: list[OrientedBox] | None = None
 
     def __post_init__(self):
         ids = [o.instance_id for o in self.objects]
@@ -216,6 +223,10 @@ class SceneGraph:
         }
         if self.fps is not None:
             scene["fps"] = self.fps
+        if self.floor is not None:  # our extension (the official files have no free space)
+            scene["floor_polygon"] = np.asarray(self.floor, dtype=np.float64).tolist()
+            if self.obstacles is not None:
+                scene["obstacle_bboxes"] = [b.to_metadata() for b in self.obstacles]
         frames = []
         for f in self.frames:
             entry = {
@@ -288,6 +299,14 @@ class SceneGraph:
             dataset=str(scene.get("dataset", "custom")),
             video_path=scene.get("video_path"),
             fps=None if scene.get("fps") is None else float(scene["fps"]),
+            metadata_frame_ids=(tuple(sorted(int(f.get("frame_id", k)) for k, f in enumerate(frames.get("frames", []))))
+                                if frames else None),
+            floor=(None if scene.get("floor_polygon") is None
+                   else finite_array(scene["floor_polygon"], (-1, 2), f"scene {scene_name}.floor_polygon")),
+            obstacles=(None if scene.get("obstacle_bboxes") is None else
+                       [OrientedBox.create(b["centroid"], b["axesLengths"], b.get("normalizedAxes"),
+                                           what=f"scene {scene_name}.obstacle_bboxes[{k}]")
+                        for k, b in enumerate(scene["obstacle_bboxes"])]),
         )
 
 

@@ -60,12 +60,13 @@ class Cut3rStream:
 
     @torch.inference_mode()
     def step(self, image, *, update: bool = True, reset_after: bool = False,
-             with_heads: bool = False) -> Cut3rFrameResult:
+             with_heads: bool = False, heads=None) -> Cut3rFrameResult:
         """Process one RGB frame; on any error the stream is left exactly as it was.
 
         ``update=False`` reads the scene without changing the state; ``reset_after=True``
         is the official per-view reset (outputs first, then the state returns to its
-        initial value, while the frame counter keeps going).
+        initial value, while the frame counter keeps going). ``with_heads=True`` runs every
+        head; ``heads`` names only those wanted (see ``vlm3r_ros.models.cut3r.HEAD_OUTPUTS``).
         """
         pixels = image if isinstance(image, torch.Tensor) and image.is_floating_point() else self.prepare(image)
         if pixels.ndim != 3:
@@ -73,7 +74,7 @@ class Cut3rStream:
         start = time.perf_counter()
         frames = pixels[None].to(self.model.device)
         out, new_state = self.model.step(self.state, frames, update=update, reset=reset_after,
-                                         with_heads=with_heads)
+                                         with_heads=with_heads, heads=heads)
         if self.model.device.type == "cuda":
             torch.cuda.synchronize(self.model.device)
         elapsed = time.perf_counter() - start

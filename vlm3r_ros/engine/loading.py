@@ -25,6 +25,7 @@ import torch
 
 from vlm3r_ros.engine import checkpoint as cut3r_checkpoint
 from vlm3r_ros.engine import vlm_checkpoint
+from vlm3r_ros.engine.llm_backend import strip_llm_layers
 from vlm3r_ros.engine.vlm3r_pipeline import Vlm3rPipeline
 from vlm3r_ros.errors import UserError, one_line
 from vlm3r_ros.models.cut3r import Cut3rModel
@@ -125,14 +126,19 @@ class LoadedModels:
 
 
 def load_models(source: ModelSource, device: torch.device, dtype: torch.dtype, *, with_geometry: bool = False,
-                overrides_name: str = OVERRIDES_OPTION) -> LoadedModels:
-    """The tokenizer, VLM-3R and CUT3R, as a :class:`Vlm3rPipeline`."""
+                overrides_name: str = OVERRIDES_OPTION, llm=None) -> LoadedModels:
+    """The tokenizer, VLM-3R and CUT3R, as a :class:`Vlm3rPipeline`.
+
+    ``llm``: where the LLM half runs (:mod:`vlm3r_ros.engine.llm_backend`); None is the in-process
+    LLM. Any other backend gets a model without the LLM layers (never read from the checkpoint)."""
     start = time.perf_counter()
     report = None
     if source.tiny_random:
         tokenizer = (_tokenizer(load_tokenizer, source.tokenizer_dir) if source.tokenizer_dir
                      else _tokenizer(build_qwen2_tokenizer))
         vlm = random_vlm3r(TINY_VLM3R, seed=source.seed).to(device=device).to_dtype(dtype)
+        if llm is not None:
+            strip_llm_layers(vlm)  # the same random weights as the local backend's; the server runs the layers
         cut3r = load_cut3r_model(None, tiny_random=True, device=device, dtype=dtype, seed=source.seed)
         label = f"tiny-random (seed {source.seed})"
     else:
@@ -142,15 +148,18 @@ def load_models(source: ModelSource, device: torch.device, dtype: torch.dtype, *
         try:
             vlm, report = vlm_checkpoint.load_vlm3r(source.base, source.adapter, device=device, dtype=dtype,
                                                     tokenizer_size=tokenizer.get_vocab_size(with_added_tokens=True),
-                                                    config_overrides=source.config_overrides)
+                                                    config_overrides=source.config_overrides,
+                                                    llm_layers=llm is None)
         except cut3r_checkpoint.CheckpointError as exc:  # vlm_checkpoint raises the same class
             raise LoadError(vlm_load_error(str(exc), overrides_name)) from None
         except torch.OutOfMemoryError:
             raise LoadError(f"out of memory loading VLM-3R to {device} as {str(dtype).replace('torch.', '')}; "
                             f"try --dtype float16/bfloat16 or another device") from None
         label = f"base {source.base}, adapter {source.adapter}, CUT3R {source.cut3r}"
+    if llm is not None:
+        label += f"; LLM half on {llm.settings.url} ({llm.settings.model})"
     try:
-        pipeline = Vlm3rPipeline(vlm, cut3r, tokenizer, with_geometry=with_geometry)
+        pipeline = Vlm3rPipeline(vlm, cut3r, tokenizer, with_geometry=with_geometry, llm=llm)
     except ValueError as exc:  # mismatched CUT3R / VLM widths
         raise LoadError(one_line(str(exc))) from None
     return LoadedModels(pipeline, label, time.perf_counter() - start, report)

@@ -1,6 +1,6 @@
 """One question about a video or an image folder, offline: the official VSI-Bench evaluation path.
 
-What ``vlm3r-ask`` runs (shared/reference/vlm3r/README.md, sections 2-3):
+What ``vlm3r-ask`` runs (test/fixtures/reference/vlm3r/README.md, sections 2-3):
 
   1. the sampled frames (:func:`vlm3r_ros.media.frames.open_input`) are read one by one;
   2. each goes through one CUT3R stream and the per-frame half of VLM-3R as it arrives, so a
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from vlm3r_ros.engine.llm_backend import LlmBackendError
 from vlm3r_ros.engine.vlm3r_pipeline import Vlm3rAnswer, Vlm3rPipeline
 from vlm3r_ros.errors import UserError, one_line
 from vlm3r_ros.media.frames import EVAL_NUM_FRAMES, SampledFrames, SampledInput
@@ -110,7 +111,7 @@ def ask_sampled(pipeline: Vlm3rPipeline, sampled: SampledInput, question: str, o
         try:
             answer = pipeline.answer(features, question, options, answer_type=answer_type,
                                      max_new_tokens=max_new_tokens)
-        except (Vlm3rInputError, PromptError) as exc:
+        except (Vlm3rInputError, PromptError, LlmBackendError) as exc:  # LlmBackendError: --llm-backend openai
             raise UserError(one_line(str(exc))) from None
     finally:
         bar.close()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from vlm3r_ros.engine.llm_backend import LlmBackendError
 from vlm3r_ros.engine.vlm3r_pipeline import FrameFeatures, Vlm3rAnswer, Vlm3rPipeline, uniform_frame_indices
 from vlm3r_ros.models.cut3r.processing import ImageFormatError
 from vlm3r_ros.models.vlm.modeling_vlm3r import Vlm3rInputError
@@ -124,14 +125,16 @@ class SpatialEngine:
         self._stats = EngineStats(window_capacity=self.config.window_capacity)
 
     # ---------------------------------------------------------------- ingest
-    def ingest(self, image, stamp_ns: int) -> IngestResult:
-        """Process one RGB uint8 (H, W, 3) frame. Raises EngineError(BAD_IMAGE) for bad input."""
+    def ingest(self, image, stamp_ns: int, *, points: bool | None = None) -> IngestResult:
+        """Process one RGB uint8 (H, W, 3) frame. Raises EngineError(BAD_IMAGE) for bad input.
+
+        With geometry, ``points=False`` skips this frame's world points (the pose still comes)."""
         with self._lock:
             if self.config.auto_reset_frames and self._stats.segment_frames >= self.config.auto_reset_frames:
                 self._reset_locked()
             stream, segment = self._stream, self._stats.segment_id
         try:
-            features = self.pipeline.ingest(image, stream)  # the model runs outside the lock
+            features = self.pipeline.ingest(image, stream, points=points)  # the model runs outside the lock
         except (ImageFormatError, Vlm3rInputError, ValueError) as exc:
             raise EngineError("BAD_IMAGE", str(exc)) from None
         geometry = (features.points_world, features.colors, features.confidence)
@@ -173,6 +176,8 @@ class SpatialEngine:
                 raise EngineError(code, str(exc)) from None
             except ValueError as exc:  # prompt validation
                 raise EngineError("BAD_REQUEST", str(exc)) from None
+            except LlmBackendError as exc:  # the LLM server (llm_backend openai); the window is untouched
+                raise EngineError(exc.code, exc.message) from None
             with self._lock:
                 self._stats.queries_answered += 1
             return QueryResult(answer, len(entries), entries[0].stamp_ns, entries[-1].stamp_ns,

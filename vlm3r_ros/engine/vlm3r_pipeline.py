@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vlm3r_ros.engine.cut3r_stream import Cut3rStream
+from vlm3r_ros.engine.llm_backend import LocalLlm
 from vlm3r_ros.media.frames import EVAL_NUM_FRAMES, uniform_frame_indices  # the official sampling
 from vlm3r_ros.models.cut3r import Cut3rModel
 from vlm3r_ros.models.cut3r.processing import preprocess_siglip, siglip_to_cut3r
@@ -60,7 +61,7 @@ class Vlm3rAnswer:
 
 
 class Vlm3rPipeline:
-    def __init__(self, vlm: Vlm3rModel, cut3r: Cut3rModel, tokenizer, *, with_geometry: bool = False):
+    def __init__(self, vlm: Vlm3rModel, cut3r: Cut3rModel, tokenizer, *, with_geometry: bool = False, llm=None):
         if cut3r.config.dec_embed_dim != vlm.config.spatial_dim:
             raise ValueError(f"CUT3R tokens are {cut3r.config.dec_embed_dim} wide but the VLM fusion block "
                              f"expects {vlm.config.spatial_dim}: mismatched checkpoints")
@@ -69,17 +70,29 @@ class Vlm3rPipeline:
         self.tokenizer = tokenizer
         self.with_geometry = with_geometry
         self.stop_ids = stop_token_ids(tokenizer)  # <|im_end|>, as the official KeywordsStoppingCriteria
+        self.llm = llm if llm is not None else LocalLlm()  # where the LLM half runs (engine/llm_backend.py)
 
     def new_stream(self) -> Cut3rStream:
         return Cut3rStream(self.cut3r, preprocessing="vlm3r")
 
     # ------------------------------------------------------------ per frame
+    def geometry_heads(self, points: bool | None = None) -> tuple[str, ...]:
+        """CUT3R head outputs a frame needs: none without geometry; else the pose, plus the world
+        points unless ``points`` is False. Never the self-view or rgb heads: nothing here uses them."""
+        if not self.with_geometry:
+            return ()
+        return ("pose", "world_points") if points is None or points else ("pose",)
+
     @torch.inference_mode()
-    def ingest(self, image, stream: Cut3rStream) -> FrameFeatures:
-        """One RGB uint8 (H, W, 3) frame -> its visual tokens; advances ``stream``'s CUT3R state."""
+    def ingest(self, image, stream: Cut3rStream, *, points: bool | None = None) -> FrameFeatures:
+        """One RGB uint8 (H, W, 3) frame -> its visual tokens; advances ``stream``'s CUT3R state.
+
+        With geometry, the pose comes with every frame; ``points=False`` skips this frame's
+        world points (the dense head), ``None``/``True`` computes them.
+        """
         start = time.perf_counter()
         siglip = preprocess_siglip(image)  # (3, 384, 384), validates the image
-        step = stream.step(siglip_to_cut3r(siglip), with_heads=self.with_geometry)
+        step = stream.step(siglip_to_cut3r(siglip), heads=self.geometry_heads(points))
         pooled = self.vlm.frame_features(siglip[None], step.camera_token[None], step.patch_tokens[None])[0]
         if pooled.device.type == "cuda":
             torch.cuda.synchronize(pooled.device)  # so ingest_seconds covers the VLM half too
@@ -87,8 +100,9 @@ class Vlm3rPipeline:
         if step.heads is not None:
             h = step.heads
             features.c2w = h.camera_c2w[0]
-            features.points_world, features.confidence = h.pts3d_in_other_view[0], h.conf[0]
-            features.colors = step.image.permute(1, 2, 0)
+            if h.pts3d_in_other_view is not None:
+                features.points_world, features.confidence = h.pts3d_in_other_view[0], h.conf[0]
+                features.colors = step.image.permute(1, 2, 0)
         return features
 
     # ---------------------------------------------------------- per question
@@ -107,7 +121,7 @@ class Vlm3rPipeline:
             raise Vlm3rInputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         prompt = build_prompt(question, options)
         ids = tokenize_with_image(prompt, self.tokenizer)
-        gen = self.vlm.generate(ids, pooled, max_new_tokens=max_new_tokens, stop_token_ids=self.stop_ids)
+        gen = self.llm.generate(self.vlm, ids, pooled, max_new_tokens=max_new_tokens, stop_token_ids=self.stop_ids)
         text = decode_reply(gen.token_ids, self.tokenizer)
         parsed = parse_answer(text, options, answer_type)
         return Vlm3rAnswer(text=text, parsed=parsed, frames_used=pooled.shape[0], prompt_tokens=gen.prompt_tokens,

@@ -1,6 +1,6 @@
 """Loading VLM-3R: the LLaVA-Video-Qwen2 base folder, plus the VLM-3R LoRA adapter folder.
 
-The official loader (``llava/model/builder.py``, spec in ``shared/reference/vlm3r/README.md``
+The official loader (``llava/model/builder.py``, spec in ``test/fixtures/reference/vlm3r/README.md``
 section 4) loads the base with transformers, overwrites the fusion block and projector
 from ``non_lora_trainables.bin``, merges the LoRA with PEFT and shrinks the vocabulary to
 the tokenizer. We do the same without transformers' loader or PEFT:
@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 
 from vlm3r_ros.engine.checkpoint import CheckpointError
+from vlm3r_ros.engine.llm_backend import is_llm_layer_key, strip_llm_layers
 from vlm3r_ros.models.vlm.config import Vlm3rConfig, Vlm3rConfigError, check_overrides
 from vlm3r_ros.models.vlm.modeling_vlm3r import Vlm3rModel
 
@@ -81,6 +82,8 @@ DROPPED_KEYS: tuple[tuple[str, str], ...] = (
     (r"model\.vision_resampler\.", "spatial_pool resampler: no parameters in the modes used, never called"),
     (r"(.*\.)?rotary_emb\.inv_freq$", "RoPE frequency buffer, recomputed from rope_theta at build"),
 )
+
+LLM_LAYERS_SKIPPED = "LLM layer: not loaded with llm_backend openai (the LLM server runs it)"
 
 # PEFT prefixes and the official non_lora_trainables strip rule.
 PEFT_PREFIX = "base_model.model."
@@ -437,7 +440,7 @@ def resize_vocabulary(model: Vlm3rModel, size: int) -> tuple[int, int] | None:
     """
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         raise CheckpointError(f"tokenizer_size must be a positive integer (len(tokenizer)), got {size!r}")
-    embed, head = model.llm.get_input_embeddings(), model.llm.lm_head
+    embed, head = model.llm.get_input_embeddings(), getattr(model.llm, "lm_head", None)  # no head: llm_layers=False
     old = embed.num_embeddings
     if size == old:
         return None
@@ -451,7 +454,8 @@ def resize_vocabulary(model: Vlm3rModel, size: int) -> tuple[int, int] | None:
         return nn.Parameter(new, requires_grad=False)
 
     embed.weight, embed.num_embeddings = resized(embed.weight), size
-    head.weight, head.out_features = resized(head.weight), size
+    if head is not None:
+        head.weight, head.out_features = resized(head.weight), size
     model.llm.config.vocab_size = size
     if hasattr(model.llm, "vocab_size"):
         model.llm.vocab_size = size
@@ -509,7 +513,7 @@ def _check_against_model(model: Vlm3rModel, sd: Mapping[str, torch.Tensor], orig
 
 def _collect(files: Iterable[tuple[Path, Mapping[str, torch.Tensor]]], names: Mapping[str, str] | None,
              config: Vlm3rConfig, report: LoadReport, out: dict[str, torch.Tensor], origin: dict[str, str],
-             unknown: list[str], convert) -> list[str]:
+             unknown: list[str], convert, skip_llm_layers: bool = False) -> list[str]:
     """Rename/drop every key of ``files`` into ``out`` (our names). -> our keys set from these files."""
     set_here = []
     for path, sd in files:
@@ -523,6 +527,10 @@ def _collect(files: Iterable[tuple[Path, Mapping[str, torch.Tensor]]], names: Ma
             ours = official_to_ours(key)
             if ours is None:
                 unknown.append(f"{file_key} (in {path.name})")
+                continue
+            if skip_llm_layers and is_llm_layer_key(ours):
+                sd.pop(file_key)
+                report.dropped.append(DroppedKey(file_key, LLM_LAYERS_SKIPPED, path.name))
                 continue
             if ours in out and names is None:
                 raise CheckpointError(f"{file_key} appears in two base weight files ({origin[ours]} and {path.name})")
@@ -544,7 +552,8 @@ def _resolve_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dty
 def load_vlm3r(base_dir: str | Path, adapter_dir: str | Path | None = None, *,
                device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                tokenizer_size: int | None = None,
-               config_overrides: Mapping[str, Any] | None = None) -> tuple[Vlm3rModel, LoadReport]:
+               config_overrides: Mapping[str, Any] | None = None,
+               llm_layers: bool = True) -> tuple[Vlm3rModel, LoadReport]:
     """Load the LLaVA-Video-Qwen2 base (+ the VLM-3R LoRA adapter) into a ready :class:`Vlm3rModel`.
 
     Args:
@@ -561,6 +570,9 @@ def load_vlm3r(base_dir: str | Path, adapter_dir: str | Path | None = None, *,
             settings a checkpoint's config.json does not carry. ``vision`` / ``llm`` take a
             mapping of their fields, applied on top of the config.json's (as JSON gives them:
             :func:`~vlm3r_ros.models.vlm.config.parse_config_overrides`), or a whole settings object.
+        llm_layers: False loads the robot's part only (llm_backend ``openai``): everything but the
+            LLM's decoder layers, final norm and LM head (their keys are dropped unread, the LoRA,
+            which targets only those layers, is not merged); the input embeddings stay.
 
     Returns:
         (model in eval mode without gradients, :class:`LoadReport`).
@@ -591,6 +603,8 @@ def load_vlm3r(base_dir: str | Path, adapter_dir: str | Path | None = None, *,
 
     with torch.device("meta"):
         model = Vlm3rModel(config)
+        if not llm_layers:
+            strip_llm_layers(model)
     _materialize_non_persistent_buffers(model, device)
 
     # Safetensors tensors are views of the memory-mapped file: always copy (the model must own
@@ -601,19 +615,20 @@ def load_vlm3r(base_dir: str | Path, adapter_dir: str | Path | None = None, *,
     sd: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
     unknown: list[str] = []
-    _collect(_read_base(base_weight_files(base_dir)), None, config, report, sd, origin, unknown, convert)
+    _collect(_read_base(base_weight_files(base_dir)), None, config, report, sd, origin, unknown, convert,
+             not llm_layers)
     if adapter is not None and (adapter / "non_lora_trainables.bin").is_file():
         path = adapter / "non_lora_trainables.bin"
         raw = _torch_load(path)
         report.non_lora_overrides = _collect([(path, raw)], strip_non_lora_prefix(raw), config, report, sd,
-                                             origin, unknown, convert)
+                                             origin, unknown, convert, not llm_layers)
     _check_against_model(model, sd, origin, unknown, adapter is not None)
     model.load_state_dict(sd, strict=True, assign=True)
     model.requires_grad_(False)
     report.tensors_loaded = len(sd)
     del sd
 
-    if lora is not None:
+    if lora is not None and llm_layers:
         path = next((adapter / n for n in ("adapter_model.safetensors", "adapter_model.bin")
                      if (adapter / n).is_file()), None)
         if path is None:

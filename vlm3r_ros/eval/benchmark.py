@@ -222,8 +222,11 @@ def validate_row(raw: dict, index: int, spec: BenchmarkSpec, path: str | Path = 
 
     options = raw.get("options")
     if options is not None:
-        if isinstance(options, str) or not isinstance(options, Sequence) or \
-                not all(isinstance(o, str) and o.strip() for o in options):
+        if isinstance(options, str) or not isinstance(options, Sequence):
+            raise bad("options", "a list of non-empty strings or null")
+        if kind == "NA" and all(isinstance(o, (int, float)) and not isinstance(o, bool) for o in options):
+            options = [str(o) for o in options]  # official VSTI numeric rows: bare numbers (never asked)
+        if not all(isinstance(o, str) and o.strip() for o in options):
             raise bad("options", "a list of non-empty strings or null")
         options = tuple(options)
     mc = raw.get("mc_answer")

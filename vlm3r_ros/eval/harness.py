@@ -181,6 +181,7 @@ class OfflineBackend:
 
     def answer(self, row: BenchmarkRow, options: list[str] | None) -> Reply:
         # torch only for the offline backend (see start_scene)
+        from vlm3r_ros.engine.llm_backend import LlmBackendError
         from vlm3r_ros.models.vlm.modeling_vlm3r import Vlm3rInputError
         from vlm3r_ros.models.vlm.prompting import PromptError
 
@@ -194,6 +195,8 @@ class OfflineBackend:
         except Vlm3rInputError as exc:
             code = "CONTEXT_TOO_LONG" if "context" in str(exc) else "BAD_REQUEST"
             return Reply(error=f"{code}: {exc}")
+        except LlmBackendError as exc:  # the LLM server (--llm-backend openai): asked again on resume
+            return Reply(error=str(exc))
         return Reply(text=result.text, frames_used=result.frames_used, latency_s=result.latency_s)
 
     def end_scene(self) -> None:
@@ -335,7 +338,7 @@ def group_scenes(rows: Iterable[BenchmarkRow], data_root: str | Path) -> list[Sc
 
 def run(benchmark: Benchmark, rows: Sequence[BenchmarkRow], backend: Backend, output: str | Path, *,
         data_root: str | Path | None = None, resume: bool = True, progress: bool = True,
-        numeric: str = "official", log: Callable[[str], None] | None = None) -> RunResult:
+        numeric: str = "official", scorer: str = "vlm3r", log: Callable[[str], None] | None = None) -> RunResult:
     """Answer ``rows`` with ``backend``, appending results to ``output`` (see the module docstring)."""
     from tqdm import tqdm
 
@@ -380,15 +383,15 @@ def run(benchmark: Benchmark, rows: Sequence[BenchmarkRow], backend: Backend, ou
     finally:
         bar.close()
         writer.close()
-    return summarize(benchmark, rows, done, answered=answered, skipped=skipped, numeric=numeric)
+    return summarize(benchmark, rows, done, answered=answered, skipped=skipped, numeric=numeric, scorer=scorer)
 
 
 def summarize(benchmark: Benchmark, rows: Sequence[BenchmarkRow], results: dict[str, dict], *,
-              answered: int = 0, skipped: int = 0, numeric: str = "official") -> RunResult:
+              answered: int = 0, skipped: int = 0, numeric: str = "official", scorer: str = "vlm3r") -> RunResult:
     """Score the results of ``rows`` (those that have one)."""
     records = [results[row.key] for row in rows if row.key in results]
     missing = [row.key for row in rows if row.key not in results]
-    summary = score(records, benchmark.spec, numeric=numeric) if records else None
+    summary = score(records, benchmark.spec, numeric=numeric, scorer=scorer) if records else None
     return RunResult(summary, records, answered, skipped, missing)
 
 
@@ -410,6 +413,8 @@ def format_table(summary: ScoreSummary, *, meaningless: bool = False) -> str:
     lines = [f"{summary.benchmark}: {summary.merge_rule}"]
     if summary.numeric == "converted":
         lines.append("numeric answers: the reply's number converted to the benchmark's unit (not the official reading)")
+    if summary.scorer == "lmms-eval":
+        lines.append("numeric replies read as lmms-eval reads them now (extract_number; the paper used float())")
     lines.append(f"{'question type':<{width}}  kind  {'count':>5}  {'score':>6}")
     lines.append("-" * (width + 23))
     for qtype, value in summary.per_type.items():

@@ -28,6 +28,7 @@ official comparisons give); a non-finite or unreadable ground truth is an error.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Iterable, Mapping
@@ -205,18 +206,76 @@ def numeric_prediction(prediction) -> float | None:
     return to_float(first_token(prediction))
 
 
-def score_row(row: Mapping, benchmark: str | BenchmarkSpec, *, numeric: str = "official") -> float:
+# lmms-eval after #1386 (lmms_eval/tasks/vsibench/utils.py, extract_number): the first number in the
+# whole reply, digits or English number words, whichever comes first.
+SCORERS = ("vlm3r", "lmms-eval")
+_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
+_WORD_RE = re.compile(r"[a-z]+")
+_NUMBER_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen".split())}
+_NUMBER_WORDS.update({"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70,
+                      "eighty": 80, "ninety": 90, "hundred": 100, "thousand": 1000})
+
+
+def extract_number(text) -> float | None:
+    """The number lmms-eval's current VSI-Bench scorer reads from a reply (None: none found).
+
+    The reply is stripped and lower-cased; the first match of ``-?\\d+(?:\\.\\d+)?`` competes with
+    the first run of number words (``"twenty-one"``, ``"three hundred and twenty-one"``: "and" is
+    skipped inside a run, any other word ends it); whichever starts first wins. ``"2.0m"`` -> 2.0,
+    ``"about 10"`` -> 10.0, ``"1e3"`` -> 1.0, ``"three boxes"`` -> 3.0."""
+    if text is None:
+        return None
+    s = str(text).strip().lower()
+    if not s:
+        return None
+    digits = _NUMBER_RE.search(s)
+    run_start, run = None, []
+    for m in _WORD_RE.finditer(s):
+        word = m.group(0)
+        if run_start is None:
+            if word in _NUMBER_WORDS:
+                run_start, run = m.start(), [word]
+        elif word == "and":
+            continue
+        elif word in _NUMBER_WORDS:
+            run.append(word)
+        else:
+            break
+    if digits is not None and (run_start is None or digits.start() < run_start):
+        return float(digits.group(0))
+    if run_start is None:
+        return None
+    total, current = 0, 0
+    for word in run:
+        value = _NUMBER_WORDS[word]
+        if value == 100:
+            current = max(current, 1) * 100
+        elif value == 1000:
+            total, current = total + max(current, 1) * 1000, 0
+        else:
+            current += value
+    return float(total + current)
+
+
+def score_row(row: Mapping, benchmark: str | BenchmarkSpec, *, numeric: str = "official",
+              scorer: str = "vlm3r") -> float:
     """The score in [0, 1] of one answered question.
 
     ``row``: ``question_type``, ``prediction`` (the reply text; None or a row ``error`` scores
     0, as the official worst case), ``ground_truth`` and, for VSTI-Bench multiple choice,
     ``mc_answer``. ``numeric="converted"`` reads a numeric answer from ``prediction_value``
     (the reply's number converted to the benchmark's unit) when it is a number, else as
-    ``"official"``.
+    ``"official"``. ``scorer``: how a numeric reply is read: ``"vlm3r"`` (the paper's: ``float()``
+    of the first word) or ``"lmms-eval"`` (:func:`extract_number` on the whole reply); multiple
+    choice is read the same way by both.
     """
     spec = get_benchmark(benchmark)
     if numeric not in ("official", "converted"):
         raise ScoringError(f"numeric must be 'official' or 'converted', got {numeric!r}")
+    if scorer not in SCORERS:
+        raise ScoringError(f"scorer must be one of {', '.join(SCORERS)}, got {scorer!r}")
     where = _where(row)
     qtype = row.get("question_type")
     try:
@@ -245,7 +304,10 @@ def score_row(row: Mapping, benchmark: str | BenchmarkSpec, *, numeric: str = "o
         if isinstance(converted, (int, float)) and not isinstance(converted, bool):
             value = float(converted)
     if value is None:
-        value = numeric_prediction(prediction)
+        if scorer == "lmms-eval" and not isinstance(prediction, (int, float)):
+            value = extract_number(prediction)
+        else:
+            value = numeric_prediction(prediction)
     return mean_relative_accuracy(value, gt)
 
 
@@ -285,19 +347,21 @@ class ScoreSummary:
     rows: int = 0
     failed_rows: int = 0  # rows with an error or no prediction (scored 0)
     missing_subtypes: dict[str, list[str]] = field(default_factory=dict)  # merged type -> absent parts
+    scorer: str = "vlm3r"  # how numeric replies were read: "vlm3r" or "lmms-eval"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def score(rows: Iterable[Mapping], benchmark: str | BenchmarkSpec = "auto", *,
-          numeric: str = "official") -> ScoreSummary:
+          numeric: str = "official", scorer: str = "vlm3r") -> ScoreSummary:
     """Per-type means and the overall score of answered rows (see the module docstring).
 
     ``benchmark``: ``"vsibench"``, ``"vstibench"``, a :class:`BenchmarkSpec`, or ``"auto"``
     (told from the question types). A merged type averages the subtypes present; when one is
     absent (a filtered run) it is named in ``missing_subtypes`` (the official code needs all
-    three: upstream lmms-eval raises KeyError, one thinking-in-space copy counts it as 0).
+    three: upstream lmms-eval raises KeyError; thinking-in-space raises KeyError when easy is there
+    without medium or hard, and keeps medium / hard as types of their own when easy is missing).
     """
     rows = list(rows)
     if not rows:
@@ -313,7 +377,7 @@ def score(rows: Iterable[Mapping], benchmark: str | BenchmarkSpec = "auto", *,
     counts: dict[str, int] = {}
     failed = 0
     for row in rows:
-        value = score_row(row, spec, numeric=numeric)
+        value = score_row(row, spec, numeric=numeric, scorer=scorer)
         qtype = row["question_type"]
         sums[qtype] = sums.get(qtype, 0.0) + value
         counts[qtype] = counts.get(qtype, 0) + 1
@@ -342,4 +406,4 @@ def score(rows: Iterable[Mapping], benchmark: str | BenchmarkSpec = "auto", *,
     return ScoreSummary(benchmark=spec.name, merge_rule=spec.merge_rule, numeric=numeric, per_type=per_type,
                         per_type_count=per_type_count, overall=overall, subtypes=subtypes,
                         subtype_count=subtype_count, kinds=kinds, rows=len(rows), failed_rows=failed,
-                        missing_subtypes=missing)
+                        missing_subtypes=missing, scorer=scorer)

@@ -60,6 +60,7 @@ from std_srvs.srv import Trigger
 
 from vlm3r_ros.engine.devices import resolve_device
 from vlm3r_ros.engine.loading import LoadError, ModelSource, load_models, resolve_dtype
+from vlm3r_ros.engine.points_schedule import PointsSchedule
 from vlm3r_ros.engine.spatial_engine import EngineConfig, EngineError, SpatialEngine
 from vlm3r_ros.models.vlm.config import Vlm3rConfigError, parse_config_overrides
 from vlm3r_ros.msg import SpatialState
@@ -116,8 +117,24 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "'float32', 'float16' or 'bfloat16'.", choices=("auto", "float32", "float16", "bfloat16")),
     ParamSpec("torch_threads", 0, "CPU threads for torch (torch.set_num_threads) in this process; 0 keeps "
               "torch's default.", int_range=(0, 256)),
-    ParamSpec("geometry", True, "Run CUT3R's heads on every frame: camera pose (~/pose, ~/path, state "
-              "camera_pose) and points (~/points). Off: tokens only, a little faster."),
+    # -- where the LLM half runs (engine/llm_backend.py, docs/llm_serving.md)
+    ParamSpec("llm_backend", "local", "'local': the LLM runs in this process; 'openai': questions go as prompt "
+              "embeddings to an OpenAI-compatible server (vLLM --enable-prompt-embeds) at llm_url, and no LLM "
+              "layers are loaded here. The API key, if any, comes from the VLM3R_LLM_API_KEY environment "
+              "variable.", choices=("local", "openai")),
+    ParamSpec("llm_url", "http://127.0.0.1:8000/v1", "Base URL of the LLM server, up to /v1 (llm_backend "
+              "'openai').", constraints="http(s)://HOST:PORT/v1"),
+    ParamSpec("llm_model", "", "Model name the LLM server serves (vllm serve --served-model-name). Required "
+              "with llm_backend 'openai'."),
+    ParamSpec("llm_timeout", 60.0, "Seconds a question may wait for the LLM server, retries included; then it "
+              "fails with LLM_TIMEOUT (the frames are kept).", float_range=(0.1, 3600.0)),
+    ParamSpec("llm_retries", 2, "Retries after a connection failure or a 5xx answer of the LLM server, with "
+              "exponential back-off; then the question fails with LLM_UNAVAILABLE.", int_range=(0, 100)),
+    ParamSpec("llm_backoff", 0.5, "Seconds before the first retry; doubled for each further one.",
+              float_range=(0.0, 60.0)),
+    ParamSpec("geometry", True, "Run CUT3R's geometry: the camera pose on every frame (~/pose, ~/path, state "
+              "camera_pose) and the world points (~/points) on the frames whose points are published (see "
+              "points_period). Off: tokens only."),
     # -- memory window (SpatialEngine)
     ParamSpec("window_capacity", _ENGINE_DEFAULTS.window_capacity, "Most frames kept in the memory window "
               "that questions read; the oldest are forgotten first.", int_range=(1, 100_000)),
@@ -147,6 +164,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "points).", read_only=False),
     ParamSpec("points_max", 5000, "Most points per ~/points cloud (regular decimation).", read_only=False,
               int_range=(1, 1_000_000)),
+    ParamSpec("points_period", 0.0, "Least input-stamp seconds between two ~/points clouds; the dense points "
+              "head runs only on those frames (the pose still goes out with every frame). 0: no time limit. "
+              "E.g. 1.0 at 4 Hz input computes points on every 4th frame: a cheaper step, a cloud that lags "
+              "the camera by up to a second.", read_only=False, float_range=(0.0, 3600.0)),
+    ParamSpec("points_every_n_frames", 1, "Compute and publish ~/points on at most every n-th processed frame "
+              "(with points_period, both must hold). 1: every frame.", read_only=False, int_range=(1, 100_000)),
     ParamSpec("state_period", 0.5, "Seconds between ~/state messages when no frame comes (one is also "
               "published after every processed frame).", float_range=(0.01, 60.0)),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", float_range=(0.1, 60.0)),
@@ -174,6 +197,8 @@ def check_parameter(name: str, value) -> str | None:
             parse_config_overrides(value)
         except Vlm3rConfigError as exc:
             return f"vlm_config_overrides: {exc}"
+    if name == "llm_url" and not re.match(r"^https?://[^/\s]+", value):
+        return f"llm_url must be http(s)://HOST:PORT/v1; got {value!r}"
     if name == "world_frame_id" and frame_id_problem(value):
         return f"world_frame_id must be a tf2 frame id: {frame_id_problem(value)}; got {value!r}"
     if name in ("image_topic", "compressed_image_topic") and (value or name == "image_topic"):
@@ -207,6 +232,12 @@ class NodeSettings:
     device: str
     dtype: str
     torch_threads: int
+    llm_backend: str
+    llm_url: str
+    llm_model: str
+    llm_timeout: float
+    llm_retries: int
+    llm_backoff: float
     geometry: bool
     window_capacity: int
     keyframe_stride: int
@@ -267,12 +298,31 @@ def parse_vlm_config_overrides(text: str) -> dict:
         raise ConfigError(f"parameter 'vlm_config_overrides': {exc}") from None
 
 
+def _make_llm(settings: NodeSettings):
+    """The OpenAiLlm for llm_backend 'openai' (None: local); ConfigError naming the parameter."""
+    if settings.llm_backend != "openai":
+        return None
+    from vlm3r_ros.engine.llm_backend import OpenAiLlm, OpenAiSettings
+
+    if not settings.llm_model:
+        raise ConfigError("parameter 'llm_model' is empty: with llm_backend 'openai' set it to the model name the "
+                          "LLM server serves (vllm serve --served-model-name)")
+    try:
+        return OpenAiLlm(OpenAiSettings(url=settings.llm_url, model=settings.llm_model,
+                                        timeout_s=settings.llm_timeout, retries=settings.llm_retries,
+                                        backoff_s=settings.llm_backoff,
+                                        api_key=os.environ.get("VLM3R_LLM_API_KEY", "")))
+    except ValueError as exc:
+        raise ConfigError(f"llm_backend 'openai': {exc}") from None
+
+
 def build_engine(settings: NodeSettings):
     """Load the models named by the parameters into a SpatialEngine (slow: seconds to minutes).
 
     Raises ConfigError with a sentence naming the parameter for anything the user must fix.
     """
     engine_config = settings.engine_config()
+    llm = _make_llm(settings)  # before the slow loads: bad server settings fail at once
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     device = _resolve_device(settings.device)
@@ -295,7 +345,7 @@ def build_engine(settings: NodeSettings):
                              cut3r=pathlib.Path(settings.cut3r_weights), tokenizer_dir=tokenizer_dir,
                              config_overrides=overrides)
     try:
-        loaded = load_models(source, device, dtype, with_geometry=settings.geometry,
+        loaded = load_models(source, device, dtype, with_geometry=settings.geometry, llm=llm,
                              overrides_name="parameter 'vlm_config_overrides'")
     except LoadError as exc:
         raise ConfigError(f"cannot load the weights: {exc}") from None
@@ -398,6 +448,7 @@ class SpatialNode(LifecycleNode):
         self._path = collections.deque(maxlen=_SPECS["path_max_length"].default)
         self._path_key = None  # (segment id, world frame) of the poses in _path
         self._last_pose = Pose()
+        self._points_schedule = PointsSchedule()  # which frames run the dense points head
         self._last_processed_stamp_ns = 0
         self._diag_prev = (time.monotonic(), 0, 0, 0)
         self._lifecycle_label = "unconfigured"  # kept here: rclpy has no public getter
@@ -463,6 +514,8 @@ class SpatialNode(LifecycleNode):
         self.settings, self._engine = settings, engine
         if settings.model_source == "tiny_random":
             self.get_logger().warning("TINY RANDOM WEIGHTS: answers, poses and points are meaningless")
+        if settings.llm_backend == "openai":
+            self._log_llm_server(engine.pipeline.llm)
         pubs = self._pubs
         pubs["state"] = self.create_lifecycle_publisher(SpatialState, "~/state", STATE_QOS)
         pubs["pose"] = self.create_lifecycle_publisher(conversions.PoseStamped, "~/pose", OUTPUT_QOS)
@@ -476,6 +529,21 @@ class SpatialNode(LifecycleNode):
                                f"{settings.window_capacity} frames, {settings.max_concurrent_queries} "
                                f"concurrent question(s)")
         return self._transition_done(TransitionCallbackReturn.SUCCESS, "inactive")
+
+    def _log_llm_server(self, llm) -> None:
+        """Say at start whether the LLM server answers; a dead one is no reason not to start."""
+        from vlm3r_ros.engine.llm_backend import LlmBackendError
+
+        try:
+            models = llm.server_models()
+        except LlmBackendError as exc:
+            self.get_logger().warning(f"{exc}; questions fail with LLM_UNAVAILABLE until it answers")
+            return
+        if llm.settings.model not in models:
+            self.get_logger().warning(f"the LLM server at {llm.settings.url} serves {models}, not llm_model "
+                                      f"{llm.settings.model!r}: questions will fail with LLM_REJECTED")
+        else:
+            self.get_logger().info(f"LLM server {llm.settings.url} serves {llm.settings.model!r}")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         # The lifecycle publishers first: a frame the worker finishes must not meet a disabled one.
@@ -561,6 +629,7 @@ class SpatialNode(LifecycleNode):
         self._service_list, self._pubs = [], {}
         engine, self._engine = self._engine, None
         if engine is not None:
+            engine.pipeline.llm.close()  # the LLM server's connection pool, if any
             device_type = engine.pipeline.cut3r.device.type
             del engine
             if device_type == "cuda":
@@ -640,8 +709,10 @@ class SpatialNode(LifecycleNode):
         engine = self._engine
         if engine is None:
             return
+        points = self._param("publish_points") and self._points_schedule.due(
+            frame.stamp_ns, self._param("points_period"), self._param("points_every_n_frames"))
         try:
-            result = engine.ingest(frame.rgb, frame.stamp_ns)
+            result = engine.ingest(frame.rgb, frame.stamp_ns, points=points)
         except EngineError as exc:
             self._reject(exc.message, frame.camera_frame_id)
             return
@@ -667,7 +738,8 @@ class SpatialNode(LifecycleNode):
                 path = Path(header=conversions.header(frame.stamp_ns, world), poses=list(self._path))
                 self._last_pose = pose
             self._pubs["path"].publish(path)
-        points = result.points_world  # None unless geometry output is on
+        points = result.points_world  # None unless geometry is on and this frame's points were asked for
+        self._points_schedule.record(frame.stamp_ns, points is not None)
         if points is not None and self._param("publish_points"):
             xyz, rgb = conversions.decimate_points(points, result.colors, max_points=self._param("points_max"),
                                                    confidence=result.confidence, min_confidence=POINTS_MIN_CONFIDENCE)
@@ -810,6 +882,7 @@ class SpatialNode(LifecycleNode):
             self._counters.last_enqueued_stamp_ns = 0
             self._path.clear()
             self._last_pose = Pose()
+        self._points_schedule.reset()  # the new segment's first frame gets points
         self._publish_state()
         response.success = True
         response.message = f"segment {segment} started: the memory window is empty"

@@ -344,7 +344,8 @@ class SimScene:
     def scene_graph(self, frames: Sequence[FrameAnnotation] = (), fps: float | None = None) -> SceneGraph:
         """The ground-truth scene graph (z-up metric world, as the QA generators expect)."""
         return SceneGraph(scene_name=self.name, objects=list(self.objects), frames=list(frames),
-                          room_size=self.room.area, room_center=self.room.center, dataset="sim", fps=fps)
+                          room_size=self.room.area, room_center=self.room.center, dataset="sim", fps=fps,
+                          floor=self.room.floor.copy(), obstacles=[o.box for o in self.objects])
 
     # --- the scene file ---------------------------------------------------------------------
     def to_dict(self) -> dict:

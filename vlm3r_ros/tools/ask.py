@@ -6,7 +6,7 @@
     vlm3r-ask ... --frames FOLDER --question "Which is closer to the bed?" --options "A. sofa" "B. desk"
     vlm3r-ask --tiny-random --frames FOLDER --question "..."   # pipeline test: meaningless answers
 
-What it does is the official VSI-Bench evaluation path (shared/reference/vlm3r/README.md, sections 2-3):
+What it does is the official VSI-Bench evaluation path (test/fixtures/reference/vlm3r/README.md, sections 2-3):
 
   1. Sampling: ``--num-frames`` (32) frames at ``np.linspace(0, total-1, min(total, 32), dtype=int)``.
      An image folder (png/jpg/jpeg/bmp, sorted by name, numbers compared numerically) is
@@ -35,6 +35,9 @@ and fusion sizes are not in a LLaVA config.json, so a model other than the relea
 them. ``--tiny-random`` uses tiny random models and the real Qwen2 tokenizer (built
 offline) instead, to test the pipeline: its answers mean nothing.
 
+``--llm-backend openai --llm-url URL --llm-model NAME`` runs the LLM half on a vLLM server
+(prompt embeddings; docs/llm_serving.md) and loads no LLM layers here.
+
 Exit status: 0 answered, 2 a user error (one line on stderr), 130 interrupted.
 """
 
@@ -55,6 +58,7 @@ from vlm3r_ros.engine.offline_ask import AskResult, ask_sampled
 from vlm3r_ros.errors import UserError, one_line
 from vlm3r_ros.media.frames import open_input
 from vlm3r_ros.models.vlm.prompting import PromptError, build_prompt
+from vlm3r_ros.tools.llm_args import add_llm_arguments, tool_llm
 from vlm3r_ros.tools.model_options import OVERRIDES_HELP, WEIGHTS_HELP, check_weight_args, model_source, parse_device
 
 PROG = "vlm3r-ask"
@@ -162,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --tiny-random weights (default 0)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    add_llm_arguments(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return parser
 
@@ -199,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         sampled = open_input(args.video, args.frames, args.num_frames)  # input errors before the slow load
         if args.tiny_random:
             print(f"WARNING: --tiny-random: {TINY_RANDOM_NOTE}", file=sys.stderr)
-        loaded = load_models(model_source(args), device, DTYPES[dtype_name])
+        loaded = load_models(model_source(args), device, DTYPES[dtype_name], llm=tool_llm(args))
         if loaded.report is not None and not args.json:
             print(loaded.report.summary(), file=sys.stderr)
         result = ask_sampled(loaded.pipeline, sampled, args.question, options, answer_type=args.answer_type,

@@ -40,6 +40,7 @@ from vlm3r_ros.eval.benchmark import BenchmarkError, check_media, load_benchmark
 from vlm3r_ros.eval.harness import HarnessError, OfflineBackend
 from vlm3r_ros.eval.metrics import ScoringError
 from vlm3r_ros.tools.ask import DEFAULT_MAX_NEW_TOKENS, DEFAULT_NUM_FRAMES
+from vlm3r_ros.tools.llm_args import add_llm_arguments, tool_llm
 from vlm3r_ros.tools.model_options import OVERRIDES_HELP, check_weight_args, model_source, parse_device, weight_options
 
 PROG = "vlm3r-eval"
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", type=Path, metavar="TRAIN_ROWS",
                    help="also print the blind baselines beside the model's score: chance (random) and chance "
                         "(frequency), the most frequent answer per type in these training rows (.jsonl/.json/.parquet)")
+    p.add_argument("--scorer", choices=("vlm3r", "lmms-eval"), default="vlm3r",
+                   help="how numeric replies are read: vlm3r (the paper's: float() of the first word; default) or "
+                        "lmms-eval (its current extract_number over the whole reply); docs/eval.md")
     p.add_argument("--plot", type=Path, metavar="PNG", help="also save a bar chart of the scores (needs matplotlib)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--backend", choices=("offline", "live"), default="offline", help="default offline")
@@ -85,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     off.add_argument("--threads", type=int, help="torch CPU threads")
     off.add_argument("--seed", type=int, default=0, help="seed of the --tiny-random weights (default 0)")
 
+    add_llm_arguments(p)  # offline backend: where its LLM half runs
     live = p.add_argument_group("live backend (a running vlm3r-node)")
     live.add_argument("--namespace", default="", help="the node's namespace (default: none)")
     live.add_argument("--node-name", default="vlm3r_node", help="the node's name (default vlm3r_node)")
@@ -113,6 +118,9 @@ def check_args(args) -> None:
                         f"baseline counts answers in, e.g. the train split of vlm3r-sim-dataset)")
     weights = weight_options(args)
     if args.backend == "live":
+        if args.llm_backend != "local":
+            raise UserError("--llm-backend is for --backend offline; the live node's llm_backend parameter says "
+                            "where its LLM runs")
         if args.tiny_random or weights:
             raise UserError("--tiny-random / --base / --adapter / --cut3r / --vlm-config-overrides are for --backend "
                             "offline; the live node loads its own weights (its vlm_config_overrides parameter)")
@@ -128,7 +136,7 @@ def make_offline_backend(args):
     dtype_name = dtype_name_for(args.dtype, device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_models(model_source(args), device, DTYPES[dtype_name])
+    loaded = load_models(model_source(args), device, DTYPES[dtype_name], llm=tool_llm(args))
     if loaded.report is not None:
         print(loaded.report.summary(), file=sys.stderr)
     print(f"{PROG}: models: {loaded.label} on {device} ({dtype_name}), loaded in {loaded.seconds:.1f} s",
@@ -170,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
               f"results in {args.output}", file=sys.stderr)
         backend = make_offline_backend(args) if args.backend == "offline" else make_live_backend(args)
         result = harness.run(bench, rows, backend, args.output, data_root=data_root, resume=args.resume,
-                             progress=args.progress, numeric=args.numeric)
+                             progress=args.progress, numeric=args.numeric, scorer=args.scorer)
     except (UserError, BenchmarkError, ScoringError, harness.HarnessError) as exc:
         print(f"{PROG}: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE

@@ -33,14 +33,22 @@ from collections import Counter
 from pathlib import Path
 
 from vlm3r_ros.data.metadata import load_dataset, load_scene_graphs
-from vlm3r_ros.data.qa.batch import FORMATS, GenQAError, as_format, generate, parse_cap, parse_types
+from vlm3r_ros.data.qa.batch import FORMATS, GenQAError, as_format, generate, parse_cap, parse_seeds, parse_types
+from vlm3r_ros.data.qa.common import COMPAT_MODES
 from vlm3r_ros.data.qa.registry import question_types
 from vlm3r_ros.data.scene_graph import SceneGraphError
+from vlm3r_ros.sim.procedural import generate_scene
 
 PROG = "vlm3r-gen-qa"
 
 
 def load_scenes(args) -> dict:
+    if args.sim_rooms:
+        seeds = parse_seeds(args.sim_rooms)
+        if args.metadata or args.root or args.frame_metadata:
+            raise GenQAError("give either --sim-rooms or metadata files, not both")
+        graphs = [generate_scene(seed).scene_graph() for seed in seeds]
+        return {g.scene_name: g for g in graphs}
     if args.metadata:
         if args.root or args.dataset or args.split:
             raise GenQAError("give either --metadata (and --frame-metadata) or --root/--dataset/--split, not both")
@@ -94,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenes", help="comma list of scene names to use (default: all in the file)")
     p.add_argument("--format", choices=FORMATS, default="pipeline",
                    help="pipeline: official generator rows (default); benchmark: VSI-Bench rows as published")
+    p.add_argument("--compat", choices=COMPAT_MODES, default="official",
+                   help="official: reproduce the official VLM-3R generators, quirks included (default); "
+                        "exact: exact geometry and our rules, for your own training data (docs/data.md)")
+    src.add_argument("--sim-rooms", metavar="SEEDS",
+                     help="procedural sim rooms instead of metadata, e.g. 0-19 or 3,5: their free space is "
+                          "known, so route_planning is asked too (no frames: only scene-level types)")
     return p
 
 
@@ -111,7 +125,7 @@ def run(argv: list[str] | None = None) -> int:
             raise GenQAError(f"--scenes: not in the metadata: {', '.join(missing)} "
                              f"(it has {len(scenes)} scenes, e.g. {', '.join(sorted(scenes)[:3])})")
         scenes = {s: scenes[s] for s in wanted}
-    rows = [as_format(row, args.format) for row in generate(scenes, types, args.seed, cap)]
+    rows = [as_format(row, args.format) for row in generate(scenes, types, args.seed, cap, args.compat)]
     write_jsonl(rows, args.out)
     if args.parquet:
         write_parquet(rows, args.parquet)

@@ -89,15 +89,17 @@ def format_reports(reports: list[NameReport]) -> str:
 
 
 # ---------------------------------------------------------------------- CUT3R
-def run_cut3r_fixture(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    """Run our CUT3R on a fixture. Returns (produced, expected, fixture json)."""
+def run_cut3r_fixture(path: str | Path, device: str | torch.device = "cpu"
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """Run our CUT3R on a fixture (on ``device``, float32). Returns (produced on the CPU, expected,
+    fixture json)."""
     path = Path(path)
     doc = json.loads(path.with_suffix(".json").read_text())
     tensors = load_file(str(path))
     config = checkpoint.config_from_json(doc, source=str(path.with_suffix(".json")))
     params = {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}
-    model = checkpoint.build_cut3r(config, params)
-    frames = tensors["input/frames"].float()
+    model = checkpoint.build_cut3r(config, params, device=device)
+    frames = tensors["input/frames"].float().to(device)
     if frames.ndim == 4:  # (T, 3, H, W): one stream
         frames = frames[:, None]
     steps, batch = frames.shape[:2]  # (T, B, 3, H, W)
@@ -110,13 +112,14 @@ def run_cut3r_fixture(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     rows, cols = tensors.get("meta/dense_rows"), tensors.get("meta/dense_cols")
 
     def dense(t: torch.Tensor) -> torch.Tensor:
+        t = t.cpu()
         return t[:, rows][:, :, cols] if rows is not None else t
 
     produced: dict[str, torch.Tensor] = {}
     state = model.init_state(batch)
-    produced["expect/init/state_feat"] = state.state_feat
-    produced["expect/init/mem"] = state.mem
-    produced["expect/init/state_pos"] = model.state_positions(batch)
+    produced["expect/init/state_feat"] = state.state_feat.cpu()
+    produced["expect/init/mem"] = state.mem.cpu()
+    produced["expect/init/state_pos"] = model.state_positions(batch).cpu()
     for t in range(steps):
         out, state = model.step(state, frames[t], update=updates[t], reset=resets[t], with_heads=True)
         h = out.heads
@@ -130,7 +133,7 @@ def run_cut3r_fixture(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
         if h.rgb is not None:
             values["rgb"] = dense(h.rgb)
         for name, value in values.items():
-            produced[f"expect/{t}/{name}"] = value.detach().clone()
+            produced[f"expect/{t}/{name}"] = value.detach().cpu().clone()
     expected = {k: v for k, v in tensors.items() if k.startswith("expect/")}
     return produced, expected, doc
 

@@ -46,6 +46,7 @@ from vlm3r_ros.ros.launching import (Child, ParamsFileError, child_environment, 
                                      weights_description)
 from vlm3r_ros.ros.sim_eval_steps import (NODE_START_TIMEOUT_S, SimEvalError, bridge_argv, generate_questions,
                                           read_ground_truth, wait_for_bridge, wait_for_node)
+from vlm3r_ros.tools.llm_args import add_llm_arguments, node_llm_parameters, openai_settings
 
 from .cli import image_size
 
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds the simulation run may take (default 600)")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines or bars")
+    add_llm_arguments(parser)  # openai: the node asks that server (llm_* parameters over the params file)
     return parser
 
 
@@ -105,6 +107,7 @@ def check_args(args) -> None:
         path = getattr(args, name)
         if path is not None and not path.is_file():
             raise ValueError(f"--{name.replace('_', '-')} {path}: no such file")
+    openai_settings(args)  # ValueError for bad --llm-* options
 
 
 # ------------------------------------------------------------------ the loop
@@ -140,6 +143,9 @@ def run(args) -> int:
                                                                           str(params_file)]
         if not args.no_sim_time:
             node_argv += ["-p", "use_sim_time:=true"]
+        node_argv += node_llm_parameters(args)
+        if args.llm_api_key:
+            env["VLM3R_LLM_API_KEY"] = args.llm_api_key
         node = Child("vlm3r-node", node_argv, out / "node.log", env)
         children.append(node)
         print(f"[1/5] node: {' '.join(node_argv)}")

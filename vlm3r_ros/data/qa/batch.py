@@ -53,8 +53,23 @@ def parse_cap(text: str | None) -> int | None | str:
     return value
 
 
-def generate(scenes: dict, types: list[str], seed: int, cap="default") -> list[dict]:
-    """Rows (dicts, pipeline format, ids assigned) for ``types`` over ``scenes`` (name -> SceneGraph)."""
+def parse_seeds(text: str) -> list[int]:
+    """'0-19' or '3,5,8' -> seeds."""
+    seeds: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            lo, _, hi = part.partition("-")
+            seeds.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    except ValueError:
+        raise GenQAError(f"--sim-rooms: expected seeds such as 0-19 or 3,5, got {text!r}") from None
+    if not seeds:
+        raise GenQAError("--sim-rooms: no seed given")
+    return seeds
+
+
+def generate(scenes: dict, types: list[str], seed: int, cap="default", compat: str = "official") -> list[dict]:
+    """Rows (dicts, pipeline format, ids assigned) for ``types`` over ``scenes`` (name -> SceneGraph);
+    ``compat``: "official" (reproduce the official generators) or "exact" (docs/data.md)."""
     rows = []
     for qtype in types:
         spec = get_spec(qtype)
@@ -66,7 +81,8 @@ def generate(scenes: dict, types: list[str], seed: int, cap="default") -> list[d
         max_per_scene = spec.max_per_scene if cap == "default" else cap
         for name in sorted(scenes):
             rng = make_rng(seed, qtype, name)
-            rows.extend(generator(scenes[name], rng, max_per_scene=max_per_scene, balancer=balancer))
+            rows.extend(generator(scenes[name], rng, max_per_scene=max_per_scene, balancer=balancer,
+                                  compat=compat))
     assign_ids(rows)
     return [row.to_dict() for row in rows]
 

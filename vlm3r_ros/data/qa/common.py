@@ -50,19 +50,25 @@ class QARow:
     id: int | None = None  # assigned once all scenes are generated
 
     def to_dict(self) -> dict[str, Any]:
-        """The row as the benchmark's JSON object (fixed fields first, then ``extra``)."""
+        """The row as the benchmark's JSON object (fixed fields first, then ``extra``).
+
+        ``frame_indices`` is written only when the question names frames: the official VSI
+        rows have no such field (and VSTI rows always name frames)."""
         out: dict[str, Any] = {
             "id": self.id,
             "dataset": self.dataset,
             "scene_name": self.scene_name,
             "video_path": self.video_path,
-            "frame_indices": None if self.frame_indices is None else [int(i) for i in self.frame_indices],
+        }
+        if self.frame_indices is not None:
+            out["frame_indices"] = [int(i) for i in self.frame_indices]
+        out.update({
             "question_type": self.question_type,
             "question": self.question,
             "options": None if self.options is None else list(self.options),
             "ground_truth": _plain(self.ground_truth),
             "mc_answer": self.mc_answer,
-        }
+        })
         for key, value in self.extra.items():
             if key in out:
                 raise ValueError(f"QARow.extra key {key!r} would overwrite a fixed field; rename it")
@@ -83,9 +89,10 @@ def _plain(value: Any) -> Any:
 
 def new_row(scene, question_type: str, question: str, ground_truth: Any, *,
             options: Sequence | None = None, mc_answer: str | None = None,
-            frame_indices: Sequence[int] | None = None, **extra: Any) -> QARow:
+            frame_indices: Sequence[int] | None = None, bare_options: bool = False, **extra: Any) -> QARow:
     """A row for ``scene`` (a SceneGraph). ``options`` are the raw values in letter order;
-    they are written as ``"A. value"`` strings."""
+    they are written as ``"A. value"`` strings, or as the bare values with ``bare_options``
+    (the official VSTI numeric rows: ``[2.8, 5.6, 7.5, 11.3]``)."""
     return QARow(
         dataset=scene.dataset,
         scene_name=scene.scene_name,
@@ -93,7 +100,7 @@ def new_row(scene, question_type: str, question: str, ground_truth: Any, *,
         question_type=question_type,
         question=question,
         ground_truth=_plain(ground_truth),
-        options=None if options is None else lettered(options),
+        options=None if options is None else ([_plain(v) for v in options] if bare_options else lettered(options)),
         mc_answer=mc_answer,
         frame_indices=None if frame_indices is None else [int(i) for i in frame_indices],
         extra=dict(extra),
@@ -111,6 +118,18 @@ def assign_ids(rows: Sequence[QARow], start: int = 0) -> None:
     """Number rows consecutively, as the official run does after collecting all scenes."""
     for i, row in enumerate(rows):
         row.id = start + i
+
+
+# --- compatibility ----------------------------------------------------------------------------
+COMPAT_MODES = ("official", "exact")
+
+
+def check_compat(compat: str) -> str:
+    """``"official"`` (reproduce the official generators' quirks) or ``"exact"`` (our exact
+    geometry and the rules as documented); docs/data.md lists what each changes."""
+    if compat not in COMPAT_MODES:
+        raise ValueError(f"compat must be one of {COMPAT_MODES}, got {compat!r}")
+    return compat
 
 
 # --- randomness -----------------------------------------------------------------------------
@@ -151,6 +170,18 @@ class AnswerBalancer:
 
     def __init__(self, letters: Sequence[str] = OPTION_LETTERS):
         self.counts: dict[str, int] = {letter: 0 for letter in letters}
+        self._parts: dict[str, "AnswerBalancer"] = {}
+
+    def part(self, key: str, letters: Sequence[str] = OPTION_LETTERS) -> "AnswerBalancer":
+        """A balancer of its own for ``key``, kept with this one: the official versions of a
+        type (camera movement v1/v2/v3) each count their letters in their own generator."""
+        if key not in self._parts:
+            self._parts[key] = AnswerBalancer(letters)
+        return self._parts[key]
+
+    def placed(self) -> int:
+        """How many answers were placed, by this balancer and its parts."""
+        return sum(self.counts.values()) + sum(p.placed() for p in self._parts.values())
 
     def place(self, values: Sequence, answer: Any, rng: np.random.Generator) -> tuple[list, str]:
         """(values reordered, letter of ``answer``): the answer goes to a least-used letter
@@ -287,3 +318,100 @@ def box_distance(box_a, box_b) -> float:
     if aligned is not None:
         return aligned
     return min(_edges_to_box(box_a, box_b), _edges_to_box(box_b, box_a))
+
+
+# --- the official distance: closest pair of grid samples ------------------------------------------
+GRID_SPACING = 0.05  # m, sample_points_in_oriented_bbox_uniform's default
+
+
+def official_grid_points(box, spacing: float = GRID_SPACING) -> np.ndarray:
+    """The points the official ``sample_points_in_oriented_bbox_uniform`` keeps for a box, (N, 3).
+
+    Per axis ``ceil(extent / spacing)`` values from ``np.linspace(-extent/2, extent/2, n)`` (one
+    value, -extent/2, for a side under ``spacing``); the inner part is hollowed out (a point is
+    kept when any |coordinate| > extent / 4); the rest is rotated and moved to the centre, then
+    cropped to the box as Open3D's ``OrientedBoundingBox`` crop does it: ``|d . axis_i| <=
+    extent_i / 2`` with ``d = point - centre``, in float64, so a boundary point survives or not
+    by the rounding of those operations, as officially. No point left: again at half spacing.
+    Where the official code fails (a side of length 0 gives no values and the recursion never
+    ends) we take one value per flat side, and the centre for a box of no extent at all."""
+    extent = np.asarray(box.axes_lengths, dtype=np.float64)
+    rotation = np.asarray(box.axes, dtype=np.float64).T  # Open3D's R: columns are the box axes
+    centre = np.asarray(box.centroid, dtype=np.float64)
+    counts = [max(1, int(np.ceil(e / spacing))) for e in extent]  # a flat side: one value (officially: none)
+    grids = np.meshgrid(*[np.linspace(-e / 2, e / 2, n) for e, n in zip(extent, counts)])
+    points = np.vstack([g.ravel() for g in grids]).T
+    points = points[np.any(np.abs(points) > extent / 4, axis=1)]
+    world = np.dot(points, rotation.T) + centre
+    d = world - centre
+    local = d[:, :1] * rotation[0] + d[:, 1:2] * rotation[1] + d[:, 2:3] * rotation[2]  # d . axis_i, x+y+z order
+    kept = world[np.all(np.abs(local) <= extent / 2, axis=1)]
+    if len(kept) == 0:
+        if spacing < 1e-4:  # a box without extent (the official recursion would never end): its centre
+            return centre[None].copy()
+        return official_grid_points(box, spacing * 0.5)
+    return kept
+
+
+def _closest_pair(points_a: np.ndarray, points_b: np.ndarray, pairs_per_chunk: int = 2_000_000) -> float:
+    """min |a - b| over the two point sets, in chunks of about ``pairs_per_chunk`` pairs."""
+    best = np.inf
+    chunk = max(1, pairs_per_chunk // max(1, len(points_b)))
+    for start in range(0, len(points_a), chunk):
+        block = points_a[start:start + chunk]
+        d2 = np.sum((block[:, None, :] - points_b[None, :, :]) ** 2, axis=-1)
+        best = min(best, float(np.sqrt(d2.min())))
+    return best
+
+
+def sampled_box_distance(box_a, box_b, points_a: np.ndarray | None = None,
+                         points_b: np.ndarray | None = None) -> float:
+    """The official ``cal_3d_bbox_distance_between_categories`` for one pair of boxes: the
+    closest pair among the two boxes' :func:`official_grid_points`.
+
+    Only the points that can be part of the closest pair are compared: a pair at distance d
+    has each point within d of the other box, and d is at most the distance of one pair found
+    first (the point of A nearest to box B and its nearest point of B)."""
+    pa = official_grid_points(box_a) if points_a is None else points_a
+    pb = official_grid_points(box_b) if points_b is None else points_b
+    to_b, to_a = box_b.distance_to(pa), box_a.distance_to(pb)
+    seed = pa[int(np.argmin(to_b))]
+    bound = float(np.sqrt(np.min(np.sum((pb - seed) ** 2, axis=1))))
+    if bound == 0.0:
+        return 0.0
+    near_a, near_b = pa[to_b <= bound + 1e-9], pb[to_a <= bound + 1e-9]
+    return min(bound, _closest_pair(near_a, near_b))
+
+
+class BoxDistances:
+    """Category-to-category distance (closest instances), cached per scene: exact
+    (``box_distance``) or, with ``compat="official"``, the official sampled distance."""
+
+    def __init__(self, scene, compat: str = "official"):
+        self.scene = scene
+        self.compat = check_compat(compat)
+        self._cache: dict[tuple[str, str], float] = {}
+        self._points: dict[int, np.ndarray] = {}
+
+    def points(self, obj) -> np.ndarray:
+        if obj.instance_id not in self._points:
+            self._points[obj.instance_id] = official_grid_points(obj.box)
+        return self._points[obj.instance_id]
+
+    def pair(self, a, b) -> float:
+        if self.compat == "exact":
+            return box_distance(a.box, b.box)
+        return sampled_box_distance(a.box, b.box, self.points(a), self.points(b))
+
+    def __call__(self, cat_a: str, cat_b: str) -> float:
+        key = (cat_a, cat_b) if cat_a <= cat_b else (cat_b, cat_a)
+        if key not in self._cache:
+            self._cache[key] = min(self.pair(a, b) for a in self.scene.instances_of(cat_a)
+                                   for b in self.scene.instances_of(cat_b))
+        return self._cache[key]
+
+    def to_point(self, obj, point) -> float:
+        """Distance from a point (the camera) to the object: exact, or to its grid samples."""
+        if self.compat == "exact":
+            return float(obj.box.distance_to(np.asarray(point, dtype=np.float64)))
+        return float(np.min(np.linalg.norm(self.points(obj) - np.asarray(point, dtype=np.float64), axis=1)))

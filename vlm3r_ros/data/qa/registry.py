@@ -41,6 +41,8 @@ SPECS: list[GeneratorSpec] = [
     GeneratorSpec("object_rel_direction_easy", f"{_VSI}:object_rel_direction_easy", "vsibench", 6),
     GeneratorSpec("object_rel_direction_medium", f"{_VSI}:object_rel_direction_medium", "vsibench", 6),
     GeneratorSpec("object_rel_direction_hard", f"{_VSI}:object_rel_direction_hard", "vsibench", 6),
+    # needs the free space (SceneGraph.floor, a simulated room): none from the official metadata
+    GeneratorSpec("route_planning", "vlm3r_ros.data.qa.route_planning:route_planning", "vsibench", 3),
     GeneratorSpec("obj_appearance_order", f"{_VSI}:obj_appearance_order", "vsibench", 6),
     # VSTI-Bench (vstibench.py); caps are the generators' num_subsample defaults (nf/lr: as ud)
     GeneratorSpec("camera_displacement", f"{_VSTI}:camera_displacement", "vstibench", 6),

@@ -21,8 +21,8 @@ from typing import Sequence
 import numpy as np
 
 from ..scene_graph import ObjectInstance, SceneGraph
-from .common import (AnswerBalancer, QARow, box_distance, choice_options, new_row, numeric_choices, round_to,
-                     shuffled, subsample)
+from .common import (AnswerBalancer, BoxDistances, QARow, check_compat, choice_options, new_row, numeric_choices,
+                     round_to, shuffled, subsample)
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ OBJ_APPEARANCE_ORDER_TEMPLATE = ("What will be the first-time appearance order o
 ABS_DISTANCE_MIN = 0.2  # m, rounded distances below are not asked
 REL_DISTANCE_MIN = 0.15  # m, the closest choice must be at least this far from the object
 REL_DISTANCE_GAP = 0.15  # m, choices' distances must differ by more than this ...
-REL_DISTANCE_GAP_LARGE_ROOM = 0.30  # m, ... or this in rooms over 40 m^2
+REL_DISTANCE_GAP_LARGE_ROOM = 0.30  # m, ... or this in rooms over 40 m^2 (compat "exact" only: the official
+# get_obj_rel_distance_v1_qa.py computes it but calls ambiguous(distances) with its default 0.15)
 LARGE_ROOM = 40.0  # m^2
 DIRECTION_PAIR_MIN, DIRECTION_PAIR_MAX = 0.30, 5.0  # m, every pair of the triple within this range
 DIRECTION_MARGIN_DEG = 10.0  # the direction of the querying object is this far from a boundary
@@ -74,24 +75,9 @@ def _unique_categories(scene: SceneGraph) -> list[str]:
     return [o.category for o in scene.unique_objects()]
 
 
-class _Distances:
-    """Category-to-category distance (closest instances, closest points), cached per scene."""
-
-    def __init__(self, scene: SceneGraph):
-        self.scene = scene
-        self._cache: dict[tuple[str, str], float] = {}
-
-    def __call__(self, cat_a: str, cat_b: str) -> float:
-        key = (cat_a, cat_b) if cat_a <= cat_b else (cat_b, cat_a)
-        if key not in self._cache:
-            self._cache[key] = min(box_distance(a.box, b.box)
-                                   for a in self.scene.instances_of(cat_a) for b in self.scene.instances_of(cat_b))
-        return self._cache[key]
-
-
 # --- object counting -------------------------------------------------------------------------
 def object_counting(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
-                    balancer: AnswerBalancer | None = None) -> list[QARow]:
+                    balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
     """"How many {category}(s) are in this room?" for every category with 2 or more instances.
 
     Options: the count and three other counts max(1, count + k), k in -3..3 without 0."""
@@ -110,7 +96,7 @@ def object_counting(scene: SceneGraph, rng: np.random.Generator, *, max_per_scen
 
 # --- object size -----------------------------------------------------------------------------
 def object_size_estimation(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
-                           balancer: AnswerBalancer | None = None) -> list[QARow]:
+                           balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
     """The longest side of each unique object's box, in whole centimetres.
 
     Options: numeric, distractors in [0.4, 1.8] x the answer, whole centimetres."""
@@ -130,7 +116,7 @@ def object_size_estimation(scene: SceneGraph, rng: np.random.Generator, *, max_p
 
 # --- room size -------------------------------------------------------------------------------
 def room_size_estimation(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 1,
-                         balancer: AnswerBalancer | None = None) -> list[QARow]:
+                         balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
     """The floor area in m^2 (``scene.room_size``), rounded to 0.1; none without a room size."""
     balancer = _balancer(balancer)
     if scene.room_size is None:
@@ -146,13 +132,15 @@ def room_size_estimation(scene: SceneGraph, rng: np.random.Generator, *, max_per
 
 # --- object-object absolute distance ---------------------------------------------------------
 def object_abs_distance(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
-                        balancer: AnswerBalancer | None = None) -> list[QARow]:
+                        balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
     """The closest-point distance (m, 0.1) between every two unique objects, when >= 0.2 m.
 
+    ``compat="official"``: the distance between the objects' official grid samples
+    (:func:`.common.sampled_box_distance`); ``"exact"``: the exact box-to-box distance.
     Pairs in the official order: each unique category (object1) with every unique category
     before it (object2)."""
     balancer = _balancer(balancer)
-    distance = _Distances(scene)
+    distance = BoxDistances(scene, compat)
     rows = []
     unique = _unique_categories(scene)
     for i, first in enumerate(unique):
@@ -172,19 +160,22 @@ def object_abs_distance(scene: SceneGraph, rng: np.random.Generator, *, max_per_
 
 # --- relative distance -----------------------------------------------------------------------
 def object_rel_distance(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
-                        balancer: AnswerBalancer | None = None) -> list[QARow]:
+                        balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
     """Which of four categories is closest to a unique object (closest instance, closest points).
 
     Candidates (a unique object + 4 other categories) are subsampled first, as the official
     code does; a candidate is skipped when the closest choice is under 0.15 m away or two
-    choices' distances differ by 0.15 m or less (0.30 m in rooms over 40 m^2)."""
+    choices' distances differ by 0.15 m or less. ``compat="exact"`` widens that gap to 0.30 m
+    in rooms over 40 m^2 and uses exact distances; "official" keeps 0.15 m everywhere (the
+    official code computes the 0.30 m but never passes it on) and sampled distances."""
     balancer = _balancer(balancer)
-    distance = _Distances(scene)
+    distance = BoxDistances(scene, compat)
     categories = list(scene.category_counts())
     candidates = [(primary, combo) for primary in _unique_categories(scene)
                   for combo in itertools.combinations([c for c in categories if c != primary], 4)]
     candidates = subsample(candidates, max_per_scene, rng)
-    gap = REL_DISTANCE_GAP_LARGE_ROOM if (scene.room_size or 0.0) > LARGE_ROOM else REL_DISTANCE_GAP
+    large = compat == "exact" and (scene.room_size or 0.0) > LARGE_ROOM
+    gap = REL_DISTANCE_GAP_LARGE_ROOM if large else REL_DISTANCE_GAP
     rows = []
     for primary, choices in candidates:
         dists = [distance(c, primary) for c in choices]
@@ -218,10 +209,11 @@ def direction_angles(positioning: ObjectInstance, orienting: ObjectInstance,
     return np.mod(np.degrees(np.arctan2(cross, dot)), 360.0)
 
 
-def _direction_triples(scene: SceneGraph, rng: np.random.Generator, max_per_scene: int | None):
+def _direction_triples(scene: SceneGraph, rng: np.random.Generator, max_per_scene: int | None, compat: str):
     """(positioning, orienting, querying) objects, official order: subsampled triples of unique
-    objects whose pairwise distances are all in [0.3, 5] m, each in 3 of its orders."""
-    distance = _Distances(scene)
+    objects whose pairwise distances (sampled or exact, by ``compat``) are all in [0.3, 5] m,
+    each in 3 of its orders."""
+    distance = BoxDistances(scene, compat)
     triples = subsample(list(itertools.combinations(_unique_categories(scene), 3)), max_per_scene, rng)
     for triple in triples:
         if any(not DIRECTION_PAIR_MIN <= distance(a, b) <= DIRECTION_PAIR_MAX
@@ -233,11 +225,11 @@ def _direction_triples(scene: SceneGraph, rng: np.random.Generator, max_per_scen
 
 
 def _direction_rows(scene, rng, max_per_scene, balancer, question_type: str, template: str,
-                    labels: Sequence[str], classify) -> list[QARow]:
+                    labels: Sequence[str], classify, compat: str) -> list[QARow]:
     """Rows of one relative-direction type; ``classify(angles) -> label index or None``."""
     balancer = _balancer(balancer)
     rows = []
-    for positioning, orienting, querying in _direction_triples(scene, rng, max_per_scene):
+    for positioning, orienting, querying in _direction_triples(scene, rng, max_per_scene, compat):
         angles = direction_angles(positioning, orienting, querying)
         if angles is None:
             continue
@@ -285,32 +277,41 @@ def _hard_classify(angles: np.ndarray) -> int | None:
 
 _HARD_LABELS = ("front-left", "back-left", "back-right", "front-right")  # by quadrant
 _MEDIUM_LABELS = ("left", "back", "right")  # [0, 135), [135, 225), [225, 360)
-_EASY_LABELS = ("left", "right")  # [0, 180), [180, 360)
+_EASY_LABELS = ("left", "right")
 _medium_classify = _sector_classifier((0, 135, 225, 360), (0, 135, 225, 360))
-_easy_classify = _sector_classifier((0, 180, 360), (0, 180, 360))
+_easy_exact_classify = _sector_classifier((0, 180, 360), (0, 180, 360))  # compat "exact": [0,180) / [180,360)
+
+
+def _easy_official_classify(angles: np.ndarray) -> int | None:
+    """The official v3 (get_obj_rel_direction_v3_qa.py): medium's sectors and margins, where
+    [0, 135) is left, [225, 360) right and [135, 225) (behind) is not asked."""
+    sector = _medium_classify(angles)
+    return None if sector is None or sector == 1 else (0 if sector == 0 else 1)
 
 
 def object_rel_direction_hard(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
-                              balancer: AnswerBalancer | None = None) -> list[QARow]:
+                              balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
     """front-left / front-right / back-left / back-right of the querying object, standing at
     the positioning object's centre facing the orienting object's centre (official V1)."""
     return _direction_rows(scene, rng, max_per_scene, balancer, "object_rel_direction_hard",
-                           OBJ_REL_DIRECTION_HARD_TEMPLATE, _HARD_LABELS, _hard_classify)
+                           OBJ_REL_DIRECTION_HARD_TEMPLATE, _HARD_LABELS, _hard_classify, check_compat(compat))
 
 
 def object_rel_direction_medium(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
-                                balancer: AnswerBalancer | None = None) -> list[QARow]:
+                                balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
     """left / right / back (back: 135 degrees or more from the facing direction), official V2."""
     return _direction_rows(scene, rng, max_per_scene, balancer, "object_rel_direction_medium",
-                           OBJ_REL_DIRECTION_MEDIUM_TEMPLATE, _MEDIUM_LABELS, _medium_classify)
+                           OBJ_REL_DIRECTION_MEDIUM_TEMPLATE, _MEDIUM_LABELS, _medium_classify, check_compat(compat))
 
 
 def object_rel_direction_easy(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
-                              balancer: AnswerBalancer | None = None) -> list[QARow]:
-    """left / right of the line from the positioning to the orienting object (V3 template; the
-    rule is ours, built like V1/V2's: docs/data.md)."""
+                              balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
+    """left / right (official V3): ``compat="official"`` asks [0, 135) as left and [225, 360) as
+    right, skips [135, 225) and keeps 10 degrees from 0/135/225/360; ``"exact"`` splits at
+    the line of sight, [0, 180) left / [180, 360) right, 10 degrees from 0/180/360."""
+    classify = _easy_official_classify if check_compat(compat) == "official" else _easy_exact_classify
     return _direction_rows(scene, rng, max_per_scene, balancer, "object_rel_direction_easy",
-                           OBJ_REL_DIRECTION_EASY_TEMPLATE, _EASY_LABELS, _easy_classify)
+                           OBJ_REL_DIRECTION_EASY_TEMPLATE, _EASY_LABELS, classify, compat)
 
 
 # --- appearance order ------------------------------------------------------------------------
@@ -330,7 +331,7 @@ def scene_fps(scene: SceneGraph) -> float | None:
 
 
 def obj_appearance_order(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
-                         balancer: AnswerBalancer | None = None) -> list[QARow]:
+                         balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
     """The order in which four categories first appear in the video.
 
     Sets of 4 categories, in random order, whose first appearances are more than 1 s apart;

@@ -31,7 +31,9 @@ import numpy as np
 from ..scene_graph import FrameAnnotation, ObjectInstance, SceneGraph
 from .common import (
     AnswerBalancer,
+    BoxDistances,
     QARow,
+    check_compat,
     choice_options,
     frame_description,
     new_row,
@@ -65,7 +67,12 @@ DISPLACEMENT_RANGE_M = (0.2, 10.0)  # kept when within, before rounding
 ABS_DIST_RANGE_M = (0.2, 10.0)  # get_cam_obj_abs_dist_qa.py
 REL_DIST_MIN_M = 0.5  # objects nearer than this are not offered (get_cam_obj_rel_dist_qa_v*.py)
 REL_DIST_MARGIN_M = 0.15  # options at least this far apart in distance to the camera
-MOVEMENT_MIN_M = 0.5  # a direction needs more than this along the camera's x or z axis
+MOVEMENT_MIN_M = 0.5  # a direction needs more than this along the camera's x or z axis (V2, V3)
+MOVEMENT_MIN_M_V1 = 1.0  # ... and V1's own threshold (get_camera_movement_direction_qa_v1.py)
+# official V1/V2/V3: (options, threshold, template name, whether the row names its frames in two fields)
+MOVEMENT_VERSIONS = ((4, MOVEMENT_MIN_M_V1, "VSTI_CAMERA_MOVEMENT_DIRECTION_TEMPLATE_V1", True),
+                     (3, MOVEMENT_MIN_M, "VSTI_CAMERA_MOVEMENT_DIRECTION_TEMPLATE_V2", False),
+                     (2, MOVEMENT_MIN_M, "VSTI_CAMERA_MOVEMENT_DIRECTION_TEMPLATE_V3", False))
 RELATIVE_POSITION_GAP_M = 0.15  # boxes apart by more than this along the camera axis
 
 # camera_movement_direction: answer words, and the camera-frame axis and sign of each
@@ -80,6 +87,27 @@ RELATIVE_POSITION_AXES = {"nf": (2, ("Near", "Far")), "lr": (0, ("Left", "Right"
 def _frame_span(start: int, end: int, num_frames: int) -> tuple[str, str]:
     """("frame i", "frame j of N"): the official two-frame wording, N said once at the end."""
     return f"frame {start + 1}", frame_description(end, num_frames)
+
+
+def _frame_count(scene: SceneGraph, compat: str) -> int:
+    """N of "frame k of N": officially every frame of the frame metadata, pose-less ones too
+    (``original_total_num_frames``); "exact": the frames we number (all have a pose)."""
+    if compat == "official" and scene.metadata_frame_ids is not None:
+        return max(len(scene.metadata_frame_ids), len(scene.frames))
+    return len(scene.frames)
+
+
+def _metadata_rank(scene: SceneGraph, position: int, compat: str) -> int:
+    """The official camera-movement generators number a frame among ALL listed frames (pose-less
+    ones too, get_camera_movement_direction_qa_v*.py); the other types among those with a pose."""
+    if compat == "official" and scene.metadata_frame_ids is not None:
+        return scene.metadata_frame_ids.index(scene.frames[position].frame_id)
+    return position
+
+
+def _describe(position: int, scene: SceneGraph, compat: str) -> str:
+    total = _frame_count(scene, compat)
+    return f"frame {position + 1} of {total}"
 
 
 def _join_choices(words: Sequence[str]) -> str:
@@ -110,10 +138,11 @@ def _balancer(balancer: AnswerBalancer | None) -> AnswerBalancer:
 
 # --- camera_displacement ----------------------------------------------------------------------
 def camera_displacement(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
-                        balancer: AnswerBalancer | None = None) -> list[QARow]:
+                        balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
     """How far the camera moved (straight line, metres, 0.1 m) between two frames 5 to 30
     positions apart; kept when 0.2 m <= distance <= 10 m. Four numeric options."""
     balancer = _balancer(balancer)
+    compat = check_compat(compat)
     frames = scene.frames
     positions = _camera_positions(frames)  # (N, 3)
     lo_gap, hi_gap = DISPLACEMENT_FRAME_GAP
@@ -130,21 +159,21 @@ def camera_displacement(scene: SceneGraph, rng: np.random.Generator, *, max_per_
         if placed is None:
             continue  # no distractors far enough apart (the official "E"): not asked
         options, letter = placed
-        start, end = _frame_span(i, j, len(frames))
+        start, end = _frame_span(i, j, _frame_count(scene, compat))
         rows.append(new_row(scene, "camera_displacement", CAMERA_DISPLACEMENT_TEMPLATE.format(start=start, end=end),
-                            answer, options=options, mc_answer=letter,
+                            answer, options=options, mc_answer=letter, bare_options=compat == "official",
                             frame_indices=[frames[i].frame_id, frames[j].frame_id]))
     return rows
 
 
 # --- camera_movement_direction ----------------------------------------------------------------
-def movement_directions(displacements_camera: np.ndarray) -> list[str | None]:
+def movement_directions(displacements_camera: np.ndarray, threshold: float = MOVEMENT_MIN_M) -> list[str | None]:
     """The dominant horizontal direction of each displacement (M, 3) given in the START
     camera's frame (x right, z forward; y, up/down, is ignored): None when neither |x| nor |z|
-    exceeds 0.5 m; forward/backward wins ties."""
+    exceeds ``threshold``; forward/backward wins ties."""
     d = np.asarray(displacements_camera, dtype=np.float64).reshape(-1, 3)
     dx, dz = d[:, 0], d[:, 2]
-    x_moves, z_moves = np.abs(dx) > MOVEMENT_MIN_M, np.abs(dz) > MOVEMENT_MIN_M
+    x_moves, z_moves = np.abs(dx) > threshold, np.abs(dz) > threshold
     along_z = z_moves & (~x_moves | (np.abs(dz) >= np.abs(dx)))
     along_x = x_moves & ~along_z
     out: list[str | None] = [None] * len(d)
@@ -155,19 +184,9 @@ def movement_directions(displacements_camera: np.ndarray) -> list[str | None]:
     return out
 
 
-def camera_movement_direction(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 15,
-                              balancer: AnswerBalancer | None = None,
-                              num_choices: int | None = None) -> list[QARow]:
-    """The main direction (Forward/Backward/Left/Right) of the camera's net move between two
-    frames, in the start frame's camera. Every ordered pair of frames is a candidate.
-
-    ``num_choices`` (2, 3 or 4) fixes the number of options (the official V3/V2/V1). None mixes
-    them as the benchmark does (its three generators all write this one question type): the
-    questions take 4, 3 and 2 options in turn, from a random start, so a cap of 15 (5 per
-    version, the official num_subsample) gives 5 of each."""
-    if num_choices is not None and num_choices not in (2, 3, 4):
-        raise ValueError(f"num_choices must be 2, 3, 4 or None (mixed), got {num_choices!r}")
-    balancer = _balancer(balancer)
+def _movement_candidates(scene: SceneGraph, threshold: float) -> list[tuple[int, int, str]]:
+    """(i, j, direction) for every pair of frame positions i < j whose net move, in frame i's
+    camera, has a dominant direction beyond ``threshold``."""
     frames = scene.frames
     positions = _camera_positions(frames)  # (N, 3)
     candidates = []
@@ -175,35 +194,75 @@ def camera_movement_direction(scene: SceneGraph, rng: np.random.Generator, *, ma
         moves_world = positions[i + 1:] - positions[i]  # (N-i-1, 3)
         # in frame i's camera: R_i^T m for each move m, written for row vectors
         moves_camera = moves_world @ frames[i].camera_to_world[:3, :3]
-        for j, direction in enumerate(movement_directions(moves_camera), start=i + 1):
+        for j, direction in enumerate(movement_directions(moves_camera, threshold), start=i + 1):
             if direction is not None:
                 candidates.append((i, j, direction))
+    return candidates
+
+
+def _movement_row(scene, i: int, j: int, direction: str, k: int, rng, balancer, compat: str, **extra) -> QARow:
+    wrong = [d for d in MOVEMENT_DIRECTIONS if d != direction]
+    distractors = [wrong[n] for n in rng.choice(len(wrong), size=k - 1, replace=False)]
+    options, letter = choice_options(direction, distractors, rng, balancer)
+    start, end = _frame_span(_metadata_rank(scene, i, compat), _metadata_rank(scene, j, compat),
+                             _frame_count(scene, compat))
+    question = CAMERA_MOVEMENT_DIRECTION_TEMPLATE.format(start=start, end=end, choices=_join_choices(options))
+    frames = scene.frames
+    return new_row(scene, "camera_movement_direction", question, direction, options=options, mc_answer=letter,
+                   frame_indices=[frames[i].frame_id, frames[j].frame_id],
+                   **{key: (value.format(start=start, end=end) if isinstance(value, str) else value)
+                      for key, value in extra.items()})
+
+
+def camera_movement_direction(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 15,
+                              balancer: AnswerBalancer | None = None, compat: str = "official",
+                              num_choices: int | None = None) -> list[QARow]:
+    """The main direction (Forward/Backward/Left/Right) of the camera's net move between two
+    frames, in the start frame's camera. Every ordered pair of frames is a candidate.
+
+    ``compat="official"``: the three official generators, one after the other, each with its
+    own candidates, cap (``ceil(max_per_scene / 3)``: 15 -> 5 per version, their default) and
+    answer letters: V1 (4 options, moves over 1.0 m), V2 (3, 0.5 m), V3 (2, 0.5 m); every row
+    names its template in ``question_template``, and V1 rows also carry
+    ``start_frame_description`` / ``end_frame_description``, as officially.
+    ``"exact"``: one 0.5 m threshold, distinct pairs, and 4, 3, 2 options in turn from a random
+    start. ``num_choices`` (2, 3 or 4) keeps one version only."""
+    if num_choices is not None and num_choices not in (2, 3, 4):
+        raise ValueError(f"num_choices must be 2, 3, 4 or None (mixed), got {num_choices!r}")
+    balancer = _balancer(balancer)
+    if check_compat(compat) == "official":
+        per_version = None if max_per_scene is None else -(-max_per_scene // 3)
+        rows = []
+        for k, threshold, template, frame_fields in MOVEMENT_VERSIONS:
+            if num_choices is not None and k != num_choices:
+                continue
+            part = balancer.part(template)
+            extra = {"question_template": template}
+            if frame_fields:
+                extra.update(start_frame_description="{start}", end_frame_description="{end}")
+            for i, j, direction in subsample(_movement_candidates(scene, threshold), per_version, rng):
+                rows.append(_movement_row(scene, i, j, direction, k, rng, part, compat, **extra))
+        return rows
     rows = []
     turns = [num_choices] if num_choices is not None else [int(k) for k in rng.permutation([4, 3, 2])]
-    for n, (i, j, direction) in enumerate(subsample(candidates, max_per_scene, rng)):
-        k = turns[n % len(turns)]
-        wrong = [d for d in MOVEMENT_DIRECTIONS if d != direction]
-        distractors = [wrong[n] for n in rng.choice(len(wrong), size=k - 1, replace=False)]
-        options, letter = choice_options(direction, distractors, rng, balancer)
-        start, end = _frame_span(i, j, len(frames))
-        question = CAMERA_MOVEMENT_DIRECTION_TEMPLATE.format(start=start, end=end, choices=_join_choices(options))
-        rows.append(new_row(scene, "camera_movement_direction", question, direction, options=options,
-                            mc_answer=letter, frame_indices=[frames[i].frame_id, frames[j].frame_id]))
+    for n, (i, j, direction) in enumerate(subsample(_movement_candidates(scene, MOVEMENT_MIN_M), max_per_scene, rng)):
+        rows.append(_movement_row(scene, i, j, direction, turns[n % len(turns)], rng, balancer, compat))
     return rows
 
 
 # --- camera_obj_abs_dist ----------------------------------------------------------------------
 def camera_obj_abs_dist(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
-                        balancer: AnswerBalancer | None = None) -> list[QARow]:
+                        balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
     """Distance (metres, 0.1 m) from the camera to the closest point of an object's box in one
     frame, for each object whose category is visible once in that frame; kept when
     0.2 m <= distance <= 10 m. Four numeric options."""
     balancer = _balancer(balancer)
+    distances = BoxDistances(scene, compat)
     frames = scene.frames
     candidates = []
     for position, frame in enumerate(frames):
         for obj in _frame_unique_objects(scene, frame):
-            distance = float(obj.box.distance_to(frame.camera_position))
+            distance = distances.to_point(obj, frame.camera_position)
             if ABS_DIST_RANGE_M[0] <= distance <= ABS_DIST_RANGE_M[1]:
                 candidates.append((position, obj, round_to(distance, 1)))
     rows = []
@@ -213,9 +272,9 @@ def camera_obj_abs_dist(scene: SceneGraph, rng: np.random.Generator, *, max_per_
             continue
         options, letter = placed
         question = CAMERA_OBJ_ABS_DIST_TEMPLATE.format(object_name=obj.category,
-                                                       frame=frame_description(position, len(frames)))
+                                                       frame=_describe(position, scene, compat))
         rows.append(new_row(scene, "camera_obj_abs_dist", question, answer, options=options, mc_answer=letter,
-                            frame_indices=[frames[position].frame_id]))
+                            bare_options=compat == "official", frame_indices=[frames[position].frame_id]))
     return rows
 
 
@@ -240,14 +299,15 @@ def _pick_rel_dist_options(distances: list[tuple[str, float]], num_choices: int,
 
 def _camera_obj_rel_dist(scene: SceneGraph, rng: np.random.Generator, question_type: str, num_choices: int,
                          decimals: int, max_per_scene: int | None,
-                         balancer: AnswerBalancer | None) -> list[QARow]:
+                         balancer: AnswerBalancer | None, compat: str) -> list[QARow]:
     balancer = _balancer(balancer)
+    measure = BoxDistances(scene, compat)
     frames = scene.frames
     candidates = []  # at most one question per frame
     for position, frame in enumerate(frames):
         distances = []
         for obj in _frame_unique_objects(scene, frame):
-            distance = float(obj.box.distance_to(frame.camera_position))
+            distance = measure.to_point(obj, frame.camera_position)
             if distance >= REL_DIST_MIN_M:
                 distances.append((obj.category, round_to(distance, decimals)))
         if len(distances) < num_choices:
@@ -259,29 +319,32 @@ def _camera_obj_rel_dist(scene: SceneGraph, rng: np.random.Generator, question_t
     for position, (answer, *distractors) in subsample(candidates, max_per_scene, rng):
         options, letter = choice_options(answer, distractors, rng, balancer)
         question = CAMERA_OBJ_REL_DIST_TEMPLATE.format(choices=", ".join(options),
-                                                       frame=frame_description(position, len(frames)))
+                                                       frame=_describe(position, scene, compat))
         rows.append(new_row(scene, question_type, question, answer, options=options, mc_answer=letter,
                             frame_indices=[frames[position].frame_id]))
     return rows
 
 
 def camera_obj_rel_dist_v1(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
-                           balancer: AnswerBalancer | None = None) -> list[QARow]:
+                           balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
     """Which of 4 objects visible in a frame is closest to the camera (closest box points;
     objects under 0.5 m left out; options 0.15 m apart; distances rounded to 0.01 m as V1)."""
-    return _camera_obj_rel_dist(scene, rng, "camera_obj_rel_dist_v1", 4, 2, max_per_scene, balancer)
+    return _camera_obj_rel_dist(scene, rng, "camera_obj_rel_dist_v1", 4, 2, max_per_scene, balancer,
+                                check_compat(compat))
 
 
 def camera_obj_rel_dist_v2(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
-                           balancer: AnswerBalancer | None = None) -> list[QARow]:
+                           balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
     """As V1 with 3 options; distances rounded to 0.1 m (as the official V2)."""
-    return _camera_obj_rel_dist(scene, rng, "camera_obj_rel_dist_v2", 3, 1, max_per_scene, balancer)
+    return _camera_obj_rel_dist(scene, rng, "camera_obj_rel_dist_v2", 3, 1, max_per_scene, balancer,
+                                check_compat(compat))
 
 
 def camera_obj_rel_dist_v3(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 6,
-                           balancer: AnswerBalancer | None = None) -> list[QARow]:
+                           balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
     """As V1 with 2 options; distances rounded to 0.1 m (as the official V3)."""
-    return _camera_obj_rel_dist(scene, rng, "camera_obj_rel_dist_v3", 2, 1, max_per_scene, balancer)
+    return _camera_obj_rel_dist(scene, rng, "camera_obj_rel_dist_v3", 2, 1, max_per_scene, balancer,
+                                check_compat(compat))
 
 
 # --- obj_obj_relative_pos_nf/lr/ud ------------------------------------------------------------
@@ -300,13 +363,18 @@ def relative_position(box_a_camera: np.ndarray, box_b_camera: np.ndarray, axis: 
 
 
 def _relative_position_qa(scene: SceneGraph, rng: np.random.Generator, dimension: str,
-                          max_per_scene: int | None, balancer: AnswerBalancer | None) -> list[QARow]:
+                          max_per_scene: int | None, balancer: AnswerBalancer | None, compat: str) -> list[QARow]:
     balancer = _balancer(balancer)
     axis, (before, after) = RELATIVE_POSITION_AXES[dimension]
     question_type = f"obj_obj_relative_pos_{dimension}"
     frames = scene.frames
+    # The official nf/lr/ud generators number frames among those with a pose AND 2D boxes
+    # (get_obj_obj_rel_pos_*_qa.py: valid_frames); "exact" numbers them among all frames.
+    counted = [f for f in frames if f.visible] if compat == "official" else frames
+    rank = {id(f): k for k, f in enumerate(counted)}
     candidates = []
-    for position, frame in enumerate(frames):
+    for frame in counted:
+        position = rank[id(frame)]
         objects = _frame_unique_objects(scene, frame)
         corners = {o.instance_id: frame.world_to_camera(o.box.corners()) for o in objects}
         for a, b in itertools.combinations(objects, 2):  # A is the one listed first in the frame
@@ -318,26 +386,26 @@ def _relative_position_qa(scene: SceneGraph, rng: np.random.Generator, dimension
         # The official shuffles the two words; we balance A/B like every other choice type.
         options, letter = choice_options(answer, [after if answer == before else before], rng, balancer)
         question = RELATIVE_POSITION_TEMPLATES[dimension].format(
-            frame=frame_description(position, len(frames)), object_a=name_a, object_b=name_b)
+            frame=_describe(position, scene, compat), object_a=name_a, object_b=name_b)
         rows.append(new_row(scene, question_type, question, answer, options=options, mc_answer=letter,
-                            frame_indices=[frames[position].frame_id]))
+                            frame_indices=[counted[position].frame_id]))
     return rows
 
 
 def obj_obj_relative_pos_nf(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 9,
-                            balancer: AnswerBalancer | None = None) -> list[QARow]:
+                            balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
     """Is object A Near or Far compared to object B, along the camera's viewing axis (z), in a
     frame where both categories are visible once? Asked only when the boxes are > 0.15 m apart."""
-    return _relative_position_qa(scene, rng, "nf", max_per_scene, balancer)
+    return _relative_position_qa(scene, rng, "nf", max_per_scene, balancer, check_compat(compat))
 
 
 def obj_obj_relative_pos_lr(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 9,
-                            balancer: AnswerBalancer | None = None) -> list[QARow]:
+                            balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
     """Is object A to the Left or Right of object B along the camera's x axis (as nf)."""
-    return _relative_position_qa(scene, rng, "lr", max_per_scene, balancer)
+    return _relative_position_qa(scene, rng, "lr", max_per_scene, balancer, check_compat(compat))
 
 
 def obj_obj_relative_pos_ud(scene: SceneGraph, rng: np.random.Generator, *, max_per_scene: int | None = 9,
-                            balancer: AnswerBalancer | None = None) -> list[QARow]:
+                            balancer: AnswerBalancer | None = None, compat: str = "official") -> list[QARow]:
     """Is object A Up or Down from object B along the camera's y axis (+y is down; as nf)."""
-    return _relative_position_qa(scene, rng, "ud", max_per_scene, balancer)
+    return _relative_position_qa(scene, rng, "ud", max_per_scene, balancer, check_compat(compat))

@@ -14,6 +14,14 @@ from .config import Cut3rConfig
 from .layers import Cut3rConditionModulationBlock, Cut3rMlp, Cut3rRoPE2D
 
 
+# What a step can compute beyond the tokens, each by its own part of a head:
+#   pose          camera_pose (+ camera_c2w)   the pose MLP on the camera token (cheap)
+#   world_points  pts3d_in_other_view, conf    the camera-modulated blocks + one DPT head
+#   self_points   pts3d_in_self_view, conf_self one DPT head
+#   rgb           rgb                          one DPT head (checkpoints with an rgb head)
+HEAD_OUTPUTS = ("pose", "world_points", "self_points", "rgb")
+
+
 # ----------------------------------------------------------------- post-processing
 def depth_exp(xyz: torch.Tensor, pos_z: bool = False) -> torch.Tensor:
     """(..., 3) raw -> points: direction * expm1(norm). ``pos_z`` flips rays with z < 0."""
@@ -164,14 +172,12 @@ def _final_transform(cfg: Cut3rConfig, rope: Cut3rRoPE2D) -> nn.ModuleList:
     ])
 
 
-def _split_and_modulate(last: torch.Tensor, blocks: nn.ModuleList, pos: torch.Tensor):
-    """(B, 1+N, D) last layer -> camera token (B, D), patch tokens (B, N, D), and the patch
-    tokens modulated by the camera token (input of the other-view head)."""
-    camera, patches = last[:, 0], last[:, 1:]
+def _modulate(camera: torch.Tensor, patches: torch.Tensor, blocks: nn.ModuleList, pos: torch.Tensor):
+    """Patch tokens (B, N, D) modulated by the camera token (B, D): the other-view head's input."""
     cross = patches
     for blk in blocks:
         cross = blk(cross, camera, pos)
-    return camera, patches, cross
+    return cross
 
 
 class Cut3rDPTHead(nn.Module):
@@ -190,18 +196,25 @@ class Cut3rDPTHead(nn.Module):
             self.dpt_rgb = Cut3rDPTAdapter(out_channels=3, **dpt)
         self.pose_head = Cut3rPoseDecoder(cfg.dec_embed_dim)
 
-    def forward(self, hooks: list[torch.Tensor], image_hw: tuple[int, int], pos: torch.Tensor) -> dict:
+    def forward(self, hooks: list[torch.Tensor], image_hw: tuple[int, int], pos: torch.Tensor,
+                wanted=HEAD_OUTPUTS) -> dict:
+        """Only the ``wanted`` outputs (see ``modeling_cut3r.HEAD_OUTPUTS``); the first three
+        hooks may be None when no dense output is wanted."""
         p = self.cfg.patch_size
         grid = (image_hw[0] // p, image_hw[1] // p)
-        camera, patches, cross = _split_and_modulate(hooks[-1], self.final_transform, pos)
+        camera, patches = hooks[-1][:, 0], hooks[-1][:, 1:]  # (B, D), (B, N, D)
         out = {}
-        out["pts3d_in_self_view"], out["conf_self"] = _points_and_conf(
-            self.dpt_self(hooks[:-1] + [patches], grid), self.cfg)
-        if self.cfg.rgb_head:
+        if "self_points" in wanted:
+            out["pts3d_in_self_view"], out["conf_self"] = _points_and_conf(
+                self.dpt_self(hooks[:-1] + [patches], grid), self.cfg)
+        if "rgb" in wanted and self.cfg.rgb_head:
             out["rgb"] = rgb_from_logits(self.dpt_rgb(hooks[:-1] + [patches], grid).permute(0, 2, 3, 1))
-        out["camera_pose"] = pose_exp(self.pose_head(camera))
-        out["pts3d_in_other_view"], out["conf"] = _points_and_conf(
-            self.dpt_cross(hooks[:-1] + [cross], grid), self.cfg)
+        if "pose" in wanted:
+            out["camera_pose"] = pose_exp(self.pose_head(camera))
+        if "world_points" in wanted:
+            cross = _modulate(camera, patches, self.final_transform, pos)
+            out["pts3d_in_other_view"], out["conf"] = _points_and_conf(
+                self.dpt_cross(hooks[:-1] + [cross], grid), self.cfg)
         return out
 
 
@@ -226,14 +239,19 @@ class Cut3rLinearHead(nn.Module):
         feat = feat.transpose(1, 2).reshape(b, -1, image_hw[0] // p, image_hw[1] // p)
         return F.pixel_shuffle(feat, p)
 
-    def forward(self, hooks: list[torch.Tensor], image_hw: tuple[int, int], pos: torch.Tensor) -> dict:
-        camera, patches, cross = _split_and_modulate(hooks[-1], self.final_transform, pos)
+    def forward(self, hooks: list[torch.Tensor], image_hw: tuple[int, int], pos: torch.Tensor,
+                wanted=HEAD_OUTPUTS) -> dict:
+        camera, patches = hooks[-1][:, 0], hooks[-1][:, 1:]  # (B, D), (B, N, D)
         out = {}
-        out["pts3d_in_self_view"], out["conf_self"] = _points_and_conf(
-            self._unpatchify(self.proj(patches), image_hw), self.cfg, pos_z=True)
-        if self.cfg.rgb_head:
+        if "self_points" in wanted:
+            out["pts3d_in_self_view"], out["conf_self"] = _points_and_conf(
+                self._unpatchify(self.proj(patches), image_hw), self.cfg, pos_z=True)
+        if "rgb" in wanted and self.cfg.rgb_head:
             out["rgb"] = rgb_from_logits(self._unpatchify(self.rgb_proj(patches), image_hw).permute(0, 2, 3, 1))
-        out["camera_pose"] = pose_exp(self.pose_head(camera))
-        out["pts3d_in_other_view"], out["conf"] = _points_and_conf(
-            self._unpatchify(self.cross_proj(cross), image_hw), self.cfg)
+        if "pose" in wanted:
+            out["camera_pose"] = pose_exp(self.pose_head(camera))
+        if "world_points" in wanted:
+            cross = _modulate(camera, patches, self.final_transform, pos)
+            out["pts3d_in_other_view"], out["conf"] = _points_and_conf(
+                self._unpatchify(self.cross_proj(cross), image_hw), self.cfg)
         return out

@@ -2,7 +2,7 @@
 
 Defaults are the published model: SigLIP so400m-patch14-384 truncated to 26 layers, the
 cross-attention fusion block (18 heads of 64), the mlp2x_gelu projector, Qwen2-7B.
-Values tagged [unverified] in ``shared/reference/vlm3r/README.md`` come from the code's
+Values tagged [unverified] in ``test/fixtures/reference/vlm3r/README.md`` come from the code's
 defaults and the Qwen2-7B architecture; a real checkpoint's ``config.json`` overrides them
 (see :func:`Vlm3rConfig.from_llava_config`).
 """

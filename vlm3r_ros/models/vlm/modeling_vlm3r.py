@@ -139,9 +139,11 @@ class Vlm3rModel(nn.Module):
         return splice_embeddings(input_ids, visual, self.llm.get_input_embeddings())
 
     @torch.inference_mode()
-    def generate(self, input_ids, pooled_frames: torch.Tensor, *, max_new_tokens: int = 16,
-                 stop_token_ids: tuple[int, ...] = ()) -> Vlm3rGeneration:
-        """Greedy decoding (the official eval setting) from a prompt with one ``<image>`` token."""
+    def prompt_embeds(self, input_ids, pooled_frames: torch.Tensor,
+                      max_new_tokens: int = 16) -> tuple[torch.Tensor, int]:
+        """The LLM's input: (L, H) prompt embeddings with the visual tokens spliced in, and the
+        visual token count. Refuses a prompt that cannot fit ``max_new_tokens`` in the context.
+        Everything an LLM server needs to answer (llm_backend ``openai``) is in these embeddings."""
         visual = self.visual_sequence(pooled_frames)
         embeds = self.splice(input_ids, visual)
         total = embeds.shape[0] + max_new_tokens - 1  # the last generated token is never fed back
@@ -149,6 +151,13 @@ class Vlm3rModel(nn.Module):
             raise Vlm3rInputError(
                 f"{embeds.shape[0]} prompt tokens ({visual.shape[0]} visual) + {max_new_tokens} new tokens exceed "
                 f"the {self.config.max_context_tokens}-token context; use fewer frames")
+        return embeds, visual.shape[0]
+
+    @torch.inference_mode()
+    def generate(self, input_ids, pooled_frames: torch.Tensor, *, max_new_tokens: int = 16,
+                 stop_token_ids: tuple[int, ...] = ()) -> Vlm3rGeneration:
+        """Greedy decoding (the official eval setting) from a prompt with one ``<image>`` token."""
+        embeds, visual_tokens = self.prompt_embeds(input_ids, pooled_frames, max_new_tokens)
         out = self.llm(inputs_embeds=embeds[None], use_cache=True, logits_to_keep=1)
         cache, generated, stopped = out.cache, [], False
         next_id = int(out.logits[0, -1].argmax())
@@ -163,4 +172,4 @@ class Vlm3rModel(nn.Module):
                            use_cache=True, logits_to_keep=1)
             cache = out.cache
             next_id = int(out.logits[0, -1].argmax())
-        return Vlm3rGeneration(generated, embeds.shape[0], visual.shape[0], stopped)
+        return Vlm3rGeneration(generated, embeds.shape[0], visual_tokens, stopped)

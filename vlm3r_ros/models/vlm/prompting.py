@@ -42,7 +42,7 @@ Generation at eval is greedy (:data:`EVAL_GENERATION`): ``max_new_tokens=16``, n
 sampling, one beam, stopping at ``<|im_end|>``; the reply is decoded without special
 tokens and stripped (:func:`decode_reply`).
 
-Source: shared/reference/vlm3r/README.md, section 3.
+Source: test/fixtures/reference/vlm3r/README.md, section 3.
 """
 
 from __future__ import annotations
