@@ -21,6 +21,9 @@ CONSOLE_SCRIPTS = {
     'vlm3r-sim-eval': 'vlm3r_ros.tools.sim_eval:main',
     'vlm3r-eval': 'vlm3r_ros.tools.eval:main',
     'vlm3r-gen-qa': 'vlm3r_ros.tools.gen_qa:main',
+    'vlm3r-train': 'vlm3r_ros.tools.train:main',
+    'vlm3r-cache-features': 'vlm3r_ros.tools.cache_features:main',
+    'vlm3r-sim-dataset': 'vlm3r_ros.tools.sim_dataset:main',
     'vlm3r-export-llm': 'vlm3r_ros.tools.export_llm:main',
 }
 # `ros2 run vlm3r_ros <alias>` names (the launch files use them) for console scripts above;

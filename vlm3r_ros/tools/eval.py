@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--numeric", choices=("official", "converted"), default="official",
                    help="numeric answers: official (float of the reply's first word) or converted (the reply's "
                         "number in the benchmark's unit, e.g. '1.5 m' -> 150 for a size in cm); default official")
+    p.add_argument("--baselines", type=Path, metavar="TRAIN_ROWS",
+                   help="also print the blind baselines beside the model's score: chance (random) and chance "
+                        "(frequency), the most frequent answer per type in these training rows (.jsonl/.json/.parquet)")
     p.add_argument("--scorer", choices=("vlm3r", "lmms-eval"), default="vlm3r",
                    help="how numeric replies are read: vlm3r (the paper's: float() of the first word; default) or "
                         "lmms-eval (its current extract_number over the whole reply); docs/eval.md")
@@ -110,6 +113,9 @@ def check_args(args) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if getattr(args, "baselines", None) is not None and not args.baselines.is_file():
+        raise UserError(f"--baselines {args.baselines}: training rows file not found (the rows the frequency "
+                        f"baseline counts answers in, e.g. the train split of vlm3r-sim-dataset)")
     weights = weight_options(args)
     if args.backend == "live":
         if args.llm_backend != "local":
@@ -186,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = result.summary
     print(harness.format_table(summary, meaningless=backend.meaningless))
+    if args.baselines is not None:
+        print(_baseline_table(args, bench, rows, summary))
     summary_path = args.output.with_suffix(".summary.json")
     doc = {"benchmark_file": str(bench.path), "results": str(args.output), "backend": backend.name,
            "meaningless": backend.meaningless, "answered_this_run": result.answered,
@@ -197,6 +205,18 @@ def main(argv: list[str] | None = None) -> int:
                                                                         if backend.meaningless else "")
         print(f"plot: {harness.save_plot(summary, args.plot, title=title)}", file=sys.stderr)
     return EXIT_FAILED_ROWS if summary.failed_rows else EXIT_OK
+
+
+def _baseline_table(args, bench, rows, summary) -> str:
+    """The model's per-type scores beside chance (random) and chance (frequency)."""
+    from vlm3r_ros.eval import baselines
+    from vlm3r_ros.eval.benchmark import read_raw_rows
+
+    train_rows = read_raw_rows(args.baselines)
+    columns = {"model": summary, baselines.RANDOM: baselines.random_chance(rows, bench.spec),
+               baselines.FREQUENCY: baselines.frequency_chance(train_rows, rows, bench.spec, numeric=args.numeric)}
+    return (f"blind baselines (frequency from {len(train_rows)} rows of {args.baselines}):\n"
+            + baselines.format_comparison(columns, summary.per_type_count))
 
 
 def _check_matplotlib() -> None:

@@ -1,0 +1,220 @@
+"""Training rows: our QA files, the official LLaVA-format JSON, or a weighted mix of files.
+
+Sources (one ``FILE[:WEIGHT]`` each):
+
+* QA rows in the benchmark row format (``vlm3r-gen-qa`` JSONL, ``.json``, ``.parquet``;
+  :mod:`vlm3r_ros.eval.benchmark` validates them). Each row becomes one question / answer:
+  the question as the evaluation asks it (:func:`~vlm3r_ros.models.vlm.prompting.build_context`)
+  and the answer the scorer accepts (the option letter, or the number).
+* The official LLaVA-Video training JSON (VLM-3R's ``scripts/VLM_3R/*.yaml`` point at such
+  files): an array of ``{"id", "video", "conversations": [{"from": "human"|"gpt", "value"}]}``.
+  ``video`` is a video file or a folder of frames, relative to the data root.
+
+The data root of a file is its own folder unless ``data_root`` is given. A weight repeats the
+file's rows ``floor(weight)`` times and adds a seeded random ``weight - floor(weight)`` share
+of them (0.5: a random half; 2: every row twice).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from vlm3r_ros.eval.benchmark import BenchmarkError, SceneMedia, load_benchmark, read_raw_rows, resolve_media
+from vlm3r_ros.eval.metrics import mca_answer, to_float
+from vlm3r_ros.models.vlm.prompting import build_context
+
+from .conversation import ConversationError, Turn, encode_conversation, normalize_turns
+
+
+class TrainDataError(ValueError):
+    """Training data we cannot use; the message names the file and row."""
+
+
+@dataclass
+class TrainSample:
+    key: str  # "<file stem>:<row id>"
+    media: SceneMedia
+    turns: list[Turn]
+    question_type: str | None = None
+    answer: str | None = None  # the (first) answer text
+
+
+@dataclass(frozen=True)
+class DataSource:
+    path: Path
+    weight: float = 1.0
+    data_root: Path | None = None
+
+
+def parse_source(text: str, data_root: str | Path | None = None) -> DataSource:
+    """``FILE`` or ``FILE:WEIGHT``."""
+    path, weight = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            weight = float(tail)
+            path = head
+        except ValueError:
+            pass  # a ':' inside the path
+    if not math.isfinite(weight) or weight <= 0:
+        raise TrainDataError(f"--data {text}: the weight must be a positive number, got {weight}")
+    return DataSource(Path(path), weight, Path(data_root) if data_root is not None else None)
+
+
+def answer_text(row, spec) -> str:
+    """What the model must say for a QA row: the option letter, or the number as written."""
+    if spec.kind(row.question_type) == "MCA":
+        return mca_answer(row.to_dict(), spec).strip()
+    value = to_float(row.ground_truth)
+    if isinstance(row.ground_truth, str):
+        return row.ground_truth.strip()
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _qa_samples(source: DataSource) -> list[TrainSample]:
+    try:
+        bench = load_benchmark(source.path)
+    except BenchmarkError as exc:
+        raise TrainDataError(str(exc)) from None
+    root = source.data_root or source.path.parent
+    out = []
+    for row in bench.rows:
+        answer = answer_text(row, bench.spec)
+        options = list(row.options) if row.options is not None and bench.spec.kind(row.question_type) == "MCA" \
+            else None
+        question = build_context(row.question, options)
+        turns = normalize_turns([Turn("user", question), Turn("assistant", answer)],
+                                where=f"{source.path}: row id {row.id!r}")
+        out.append(TrainSample(f"{source.path.stem}:{row.id}", resolve_media(row, root), turns, row.question_type,
+                               answer))
+    return out
+
+
+def _llava_samples(source: DataSource, raw: list[dict]) -> list[TrainSample]:
+    root = source.data_root or source.path.parent
+    out = []
+    for i, row in enumerate(raw):
+        where = f"{source.path}: item {i} (id {row.get('id')!r})"
+        video = row.get("video")
+        if not isinstance(video, str) or not video.strip():
+            raise TrainDataError(f"{where}: field 'video': expected a video file or frame folder relative to "
+                                 f"{root}, got {video!r} (image-only items are not supported: VLM-3R trains on videos)")
+        try:
+            turns = normalize_turns(row.get("conversations") or [], where=where)
+        except ConversationError as exc:
+            raise TrainDataError(str(exc)) from None
+        path = root / video
+        media = SceneMedia("folder" if path.is_dir() else "video", path=path)
+        out.append(TrainSample(f"{source.path.stem}:{row.get('id', i)}", media, turns,
+                               row.get("question_type"), turns[1].content))
+    return out
+
+
+def load_source(source: DataSource) -> list[TrainSample]:
+    """Every row of one file, as samples (no weighting)."""
+    try:
+        raw = read_raw_rows(source.path)
+    except BenchmarkError as exc:
+        raise TrainDataError(str(exc)) from None
+    if not raw:
+        raise TrainDataError(f"{source.path}: no rows")
+    if all("conversations" in r for r in raw):
+        return _llava_samples(source, raw)
+    if any("conversations" in r for r in raw):
+        raise TrainDataError(f"{source.path}: some rows have 'conversations' (LLaVA format) and some do not; "
+                             f"one file must be one format")
+    return _qa_samples(source)
+
+
+def load_mix(sources: Sequence[DataSource], seed: int = 0) -> list[TrainSample]:
+    """The weighted mix of ``sources``, in file order (the trainer's sampler shuffles)."""
+    if not sources:
+        raise TrainDataError("no training data: give at least one --data FILE")
+    rng = random.Random(seed)
+    out: list[TrainSample] = []
+    for source in sources:
+        samples = load_source(source)
+        whole = int(math.floor(source.weight))
+        out.extend(samples * whole)
+        part = round((source.weight - whole) * len(samples))
+        if part:
+            out.extend(samples[i] for i in sorted(rng.sample(range(len(samples)), part)))
+    if not out:
+        raise TrainDataError("the weights select no rows; raise them")
+    return out
+
+
+def check_media(samples: Sequence[TrainSample], max_listed: int = 5) -> None:
+    """TrainDataError listing samples whose video / folder / frame files do not exist."""
+    missing = []
+    for s in samples:
+        m = s.media
+        ok = all(p.is_file() for p in m.frames) if m.kind == "frames" else m.path.exists()
+        if not ok:
+            missing.append(f"{s.key}: {m.describe()}")
+    if missing:
+        more = f" (and {len(missing) - max_listed} more)" if len(missing) > max_listed else ""
+        raise TrainDataError("missing media (is --data-root right?): " + "; ".join(missing[:max_listed]) + more)
+
+
+# ------------------------------------------------------------------- dataset
+def read_clip(media: SceneMedia, num_frames: int) -> tuple[torch.Tensor, list[int]]:
+    """The clip as the evaluation samples it -> SigLIP pixels (F, 3, 384, 384) and the frame indices."""
+    from vlm3r_ros.eval.harness import SceneError, load_scene_frames
+    from vlm3r_ros.models.cut3r.processing import preprocess_siglip
+
+    try:
+        frames = load_scene_frames(media, num_frames)
+    except SceneError as exc:
+        raise TrainDataError(str(exc)) from None
+    return torch.stack([preprocess_siglip(im) for im in frames.images]), list(frames.indices)
+
+
+class Vlm3rTrainDataset(torch.utils.data.Dataset):
+    """Items: ``input_ids``, ``labels`` and either ``pixels`` (the frozen encoders run in the
+    model) or the cached ``vision`` / ``camera`` / ``patch`` features (``features`` given)."""
+
+    def __init__(self, samples: Sequence[TrainSample], tokenizer, *, num_frames: int = 32,
+                 features: Callable[[TrainSample], dict] | None = None, clips_in_memory: int = 8):
+        self.samples = list(samples)
+        self.tokenizer = tokenizer
+        self.num_frames = num_frames
+        self.features = features
+        self._clips: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._clips_in_memory = clips_in_memory
+        self._encoded = [encode_conversation(s.turns, tokenizer) for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def pixels(self, sample: TrainSample) -> torch.Tensor:
+        key = sample.media.key
+        if key in self._clips:
+            self._clips.move_to_end(key)
+            return self._clips[key]
+        pixels, _ = read_clip(sample.media, self.num_frames)
+        self._clips[key] = pixels
+        while len(self._clips) > self._clips_in_memory:
+            self._clips.popitem(last=False)
+        return pixels
+
+    def __getitem__(self, i: int) -> dict:
+        sample, enc = self.samples[i], self._encoded[i]
+        item = {"input_ids": torch.tensor(enc.input_ids), "labels": torch.tensor(enc.labels)}
+        if self.features is not None:
+            item.update(self.features(sample))
+        else:
+            item["pixels"] = self.pixels(sample)
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    """A batch as lists (samples differ in length and frame count; the model pads after splicing)."""
+    return {key: [item[key] for item in items] for key in items[0]}
