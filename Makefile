@@ -21,5 +21,5 @@ demo: setup
 
 # Removes the set-up outputs only (all git-ignored); the next make runs a fresh set-up.
 clean:
-	rm -rf .venv build vlm3r_ros.egg-info vlm3r_ros/msg vlm3r_ros/srv vlm3r_ros/action
+	rm -rf .venv .venv-vllm build vlm3r_ros.egg-info vlm3r_ros/msg vlm3r_ros/srv vlm3r_ros/action
 	rm -f vlm3r_ros/*.so

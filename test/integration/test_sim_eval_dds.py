@@ -9,10 +9,12 @@ simulation time, and afterwards checks the files against geometry measured here.
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import rclpy
+import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 
@@ -28,6 +30,13 @@ TIMEOUT_S = 200.0
 def loop(start_child, tmp_path_factory):
     """(exit status, stdout, output folder, /diagnostics seen from vlm3r_node)."""
     out = tmp_path_factory.mktemp('sim_eval')
+    # The shipped tiny.yaml, with /diagnostics every 0.1 s of simulation time: 8 frames at 10 Hz
+    # span 0.7 s of sim time, so the default 1 s period ticks at most once, early, and that single
+    # message may go out before this listener is matched.
+    params = yaml.safe_load((Path(__file__).parents[2] / 'config' / 'tiny.yaml').read_text())
+    params['/**']['ros__parameters']['diagnostics_period'] = 0.1
+    params_file = out / 'tiny_fast_diagnostics.yaml'
+    params_file.write_text(yaml.safe_dump(params))
     context = rclpy.Context()
     rclpy.init(args=None, context=context)
     node = rclpy.create_node('sim_eval_listener', context=context)
@@ -35,7 +44,8 @@ def loop(start_child, tmp_path_factory):
     executor.add_node(node)
     diagnostics = []
     node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 50)
-    argv = [sys.executable, '-m', 'vlm3r_ros.tools.sim_eval', '--frames', str(FRAMES), '--size', '160x120',
+    argv = [sys.executable, '-m', 'vlm3r_ros.tools.sim_eval', '--params-file', str(params_file),
+            '--frames', str(FRAMES), '--size', '160x120',
             '--max-per-type', '1', '--out', str(out), '--no-progress', '--timeout', '150']
     # 15 s after SIGINT: it stops its own node and bridge before it exits
     child = start_child(argv, 'sim_eval', log_dir=out, stop_timeout=15.0)
