@@ -169,3 +169,13 @@ def spawn_python(tmp_path, start_child):
 
     for child in reversed(children):
         child.stop()
+
+
+@pytest.fixture
+def client_node():
+    """This process's ROS side (vlm3r_ros.ros.client_node.ClientNode: a node in an rclpy context
+    of its own, its executor and bounded waits), shut down at teardown."""
+    from vlm3r_ros.ros.client_node import ClientNode
+
+    with ClientNode('vlm3r_test_client') as ros:
+        yield ros

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
+from vlm3r_ros.ros.client_node import ClientNode
 from vlm3r_ros.msg import SpatialState
 from vlm3r_ros.srv import SpatialQuery
 
@@ -178,11 +178,8 @@ class Client:
 
     def __init__(self, namespace, node_proc):
         self.node_proc = node_proc
-        self.context = rclpy.Context()
-        rclpy.init(args=None, context=self.context)
-        self.node = rclpy.create_node('colcon_test_client', context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        self.ros = ClientNode('colcon_test_client')
+        self.node = self.ros.node
         self.states, self.sim_images = [], []
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=rclpy.qos.DurabilityPolicy.TRANSIENT_LOCAL)
@@ -191,19 +188,10 @@ class Client:
         self.query = self.node.create_client(SpatialQuery, f'{namespace}/spatial_query')
 
     def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
+        self.ros.close()
 
     def spin_until(self, done, what, children=()):
-        deadline = time.monotonic() + WAIT_S
-        while not done():
-            for child in children:
-                if not child.running():
-                    pytest.fail(f'{what}: {child.describe()}')
-            if time.monotonic() > deadline:
-                pytest.fail(f'{what}: not done after {WAIT_S} s. ' + ' '.join(c.describe() for c in children))
-            self.executor.spin_once(timeout_sec=0.05)
+        self.ros.spin_until(done, WAIT_S, what, watch=children)
 
 
 def frame(index, width=96, height=72):
@@ -228,9 +216,7 @@ def test_installed_node_answers_a_spatial_query(workspace, start_child, tmp_path
         client.spin_until(lambda: client.images.get_subscription_count() > 0, 'the node subscribes', [node])
         for i in range(6):
             client.images.publish(frame(i))
-            end = time.monotonic() + 0.1
-            while time.monotonic() < end:
-                client.executor.spin_once(timeout_sec=0.01)
+            client.ros.spin_for(0.1, step_s=0.01)
         def settled():
             s = client.states[-1]
             return s.frames_received == 6 and s.frames_processed + s.frames_dropped + s.frames_rejected == 6
@@ -264,12 +250,9 @@ def test_installed_sim_bridge_publishes_frames(workspace, start_child, tmp_path)
     try:
         client = Client(namespace, bridge)
         client.node.create_subscription(Image, f'{namespace}/image', received.append, qos_profile_sensor_data)
-        deadline = time.monotonic() + WAIT_S
-        while bridge.running() and time.monotonic() < deadline:
-            client.executor.spin_once(timeout_sec=0.05)
+        client.spin_until(lambda: not bridge.running(), 'the bridge publishes its 4 frames and exits')
         assert bridge.wait(5.0) == 0, bridge.describe()
-        for _ in range(20):
-            client.executor.spin_once(timeout_sec=0.01)
+        client.ros.spin_for(0.2, step_s=0.01)
         assert received, f'no frame from the installed bridge. {bridge.describe()}'
         assert (received[0].width, received[0].height, received[0].encoding) == (96, 72, 'rgb8')
         print(f'\n[{workspace.name}] installed sim bridge: {len(received)} of 4 frames received')

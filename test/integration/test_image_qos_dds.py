@@ -17,7 +17,6 @@ starts before the camera, so it must re-check the topic's publishers when one ap
 Every wait is bounded; no assertion is about timing.
 """
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -87,9 +86,7 @@ class Watcher(DemoClient):
                               '--stock', '--wait-for', reliability)
         self.wait(lambda: not camera.running(), f'the {reliability} camera finishes', timeout=WAIT_S + 30)
         assert camera.returncode == 0, camera.describe()  # 3: the node never subscribed with that reliability
-        end = time.monotonic() + 3.0  # the last frames in flight reach ~/state
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.05)
+        self.ros.spin_for(3.0)  # the last frames in flight reach ~/state
         self.wait(self.settled, 'frames settled')
         return self.state.frames_received - before, camera.output()
 

@@ -5,11 +5,8 @@ echoes SpatialState; this process is the client. Waits are bounded, and no
 assertion is about timing.
 """
 import math
-import time
 
 import pytest
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from vlm3r_ros.msg import SpatialState
@@ -26,45 +23,16 @@ ECHO_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 
 
 @pytest.fixture
-def ros_node():
-    """A node of this process in its own rclpy context, shut down at teardown."""
-    context = rclpy.Context()
-    rclpy.init(args=None, context=context)
-    node = rclpy.create_node('vlm3r_test_client', context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    try:
-        yield node, executor
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=context)
-
-
-@pytest.fixture
 def echo_server(spawn_python):
     return spawn_python('spatial_query_echo_server.py')
 
 
-def spin_until(executor, done, timeout_s, child, what):
-    """Spin until done() is true; fail with the child's output on timeout or exit."""
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        if not child.running():
-            pytest.fail(f'{what}: the server exited first. {child.describe()}')
-        if time.monotonic() > deadline:
-            pytest.fail(f'{what}: not done after {timeout_s} s. {child.describe()}')
-        executor.spin_once(timeout_sec=0.1)
-
-
-def test_spatial_query_service_across_processes(ros_node, echo_server):
-    node, executor = ros_node
+def test_spatial_query_service_across_processes(client_node, echo_server):
+    node = client_node.node
     client = node.create_client(SpatialQuery, 'spatial_query')
 
-    deadline = time.monotonic() + DISCOVERY_TIMEOUT_S
-    while not client.wait_for_service(timeout_sec=0.5):
-        if not echo_server.running() or time.monotonic() > deadline:
-            pytest.fail(f'service spatial_query not available. {echo_server.describe()}')
+    client_node.spin_until(client.service_is_ready, DISCOVERY_TIMEOUT_S, 'service spatial_query available',
+                           watch=[echo_server])
 
     request = SpatialQuery.Request()
     request.question = 'How far is the chair from the table?'
@@ -75,7 +43,7 @@ def test_spatial_query_service_across_processes(ros_node, echo_server):
     request.max_new_tokens = 64
 
     future = client.call_async(request)
-    spin_until(executor, future.done, REPLY_TIMEOUT_S, echo_server, 'SpatialQuery call')
+    client_node.spin_until(future.done, REPLY_TIMEOUT_S, 'SpatialQuery call', watch=[echo_server])
     response = future.result()
 
     assert response.success is True
@@ -92,7 +60,7 @@ def test_spatial_query_service_across_processes(ros_node, echo_server):
     # An open question: no options, not a number.
     request = SpatialQuery.Request(question='What is left of the door?', answer_type='text')
     future = client.call_async(request)
-    spin_until(executor, future.done, REPLY_TIMEOUT_S, echo_server, 'second SpatialQuery call')
+    client_node.spin_until(future.done, REPLY_TIMEOUT_S, 'second SpatialQuery call', watch=[echo_server])
     response = future.result()
     assert response.answer == '?rood eht fo tfel si tahW'
     assert response.choice == ''
@@ -101,8 +69,8 @@ def test_spatial_query_service_across_processes(ros_node, echo_server):
     assert response.unit == ''
 
 
-def test_spatial_state_round_trip_across_processes(ros_node, echo_server):
-    node, executor = ros_node
+def test_spatial_state_round_trip_across_processes(client_node, echo_server):
+    node = client_node.node
     received = []
     node.create_subscription(SpatialState, 'state_out', received.append, ECHO_QOS)
     publisher = node.create_publisher(SpatialState, 'state_in', ECHO_QOS)
@@ -128,7 +96,7 @@ def test_spatial_state_round_trip_across_processes(ros_node, echo_server):
     # late that is, so one publish is enough.
     publisher.publish(sent)
 
-    spin_until(executor, lambda: received, REPLY_TIMEOUT_S, echo_server, 'SpatialState echo')
+    client_node.spin_until(lambda: received, REPLY_TIMEOUT_S, 'SpatialState echo', watch=[echo_server])
     echoed = received[0]
 
     assert echoed.segment_id == 4

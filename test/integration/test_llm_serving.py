@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 import yaml
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from vlm3r_ros.ros.client_node import ClientNode
 from vlm3r_ros.msg import SpatialState
 from vlm3r_ros.srv import SpatialQuery
 
@@ -83,7 +82,7 @@ def local_engine():
 @pytest.fixture(scope='module')
 def tiny_pipelines(llm_server):
     """(local, openai) Vlm3rPipelines on the same tiny random weights; openai's has no LLM layers."""
-    from vlm3r_ros.engine.llm_backend import OpenAiLlm, OpenAiSettings
+    from vlm3r_ros.engine.llm_backend import OpenAiLlm
     from vlm3r_ros.ros.node import build_engine
 
     local = build_engine(node_settings(geometry=False)).pipeline
@@ -196,11 +195,8 @@ class Robots:
 
     def __init__(self, nodes):
         self.nodes = nodes
-        self.context = rclpy.Context()
-        rclpy.init(args=None, context=self.context)
-        self.node = rclpy.create_node('llm_serving_test_client', context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        self.ros = ClientNode('llm_serving_test_client')
+        self.node = self.ros.node
         self.states, self.images, self.queries, self.local, self.next_seed, self.next_stamp = {}, {}, {}, {}, {}, {}
         for ns, seed in ROBOTS.items():
             self.states[ns] = []
@@ -212,20 +208,10 @@ class Robots:
             self.next_seed[ns], self.next_stamp[ns] = seed, 1000 * 10**9
 
     def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
+        self.ros.close()
 
     def spin_until(self, done, what, timeout=WAIT_S):
-        deadline = time.monotonic() + timeout
-        while not done():
-            for proc in self.nodes.values():
-                if not proc.running():
-                    pytest.fail(f'{what}: a node exited. {proc.describe()}')
-            if time.monotonic() > deadline:
-                nodes = ' '.join(p.describe() for p in self.nodes.values())
-                pytest.fail(f'{what}: not done after {timeout} s. {nodes}')
-            self.executor.spin_once(timeout_sec=0.05)
+        self.ros.spin_until(done, timeout, what, watch=self.nodes.values())
 
     def processed(self, ns):
         return self.states[ns][-1].frames_processed if self.states[ns] else 0

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 import yaml
 from PIL import Image as PilImage
 from diagnostic_msgs.msg import DiagnosticArray
@@ -27,11 +26,11 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from nav_msgs.msg import Path as PathMsg
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 
+from vlm3r_ros.ros.client_node import ClientNode
 from vlm3r_ros.msg import SpatialState
 from vlm3r_ros.ros import conversions, fastdds_profile_path, image_messages
 from vlm3r_ros.ros.conversions import point_cloud2_to_arrays
@@ -70,11 +69,8 @@ class Client:
 
     def __init__(self, node_proc):
         self.node_proc = node_proc
-        self.context = rclpy.Context()
-        rclpy.init(args=None, context=self.context)
-        self.node = rclpy.create_node('vlm3r_node_test_client', context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        self.ros = ClientNode('vlm3r_node_test_client')
+        self.node = self.ros.node
         self.states, self.poses, self.paths, self.diagnostics, self.clouds = [], [], [], [], []
         n = self.node
         n.create_subscription(SpatialState, f'{NODE}/state', self.states.append, STATE_QOS)
@@ -97,18 +93,10 @@ class Client:
         self.next_stamp_ns = STAMP0_NS
 
     def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
+        self.ros.close()
 
     def spin_until(self, done, what, timeout=WAIT_S):
-        deadline = time.monotonic() + timeout
-        while not done():
-            if not self.node_proc.running():
-                pytest.fail(f'{what}: the node exited. {self.node_proc.describe()}')
-            if time.monotonic() > deadline:
-                pytest.fail(f'{what}: not done after {timeout} s. Node {self.node_proc.describe()}')
-            self.executor.spin_once(timeout_sec=0.05)
+        self.ros.spin_until(done, timeout, what, watch=[self.node_proc])
 
     def call(self, client, request, what, timeout=WAIT_S):
         self.spin_until(lambda: client.service_is_ready(), f'{what}: service {client.srv_name} available')
@@ -136,9 +124,7 @@ class Client:
             stamps.append(self.next_stamp_ns)
             self.images.publish(make_image(width, height, self.next_stamp_ns, seed=i))
             self.next_stamp_ns += int(period_s * 1e9)
-            end = time.monotonic() + period_s
-            while time.monotonic() < end:
-                self.executor.spin_once(timeout_sec=0.01)
+            self.ros.spin_for(period_s, step_s=0.01)
         return stamps
 
     def publish_raw(self, msg):
@@ -319,7 +305,7 @@ def test_malformed_images_are_rejected_and_counted_while_serving(client):
     images = malformed_images(client.next_stamp_ns)
     for msg in images.values():
         client.publish_raw(msg)
-        client.executor.spin_once(timeout_sec=0.05)
+        client.ros.executor.spin_once(timeout_sec=0.05)
     client.spin_until(lambda: client.state.frames_rejected == before.frames_rejected + len(images),
                       f'{len(images)} malformed images rejected')
     assert client.state.frames_processed == before.frames_processed

@@ -10,16 +10,13 @@ whatever Fast DDS reads at its first participant (the profile is loaded once per
 Waits are bounded; no assertion is about timing.
 """
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 from PIL import Image as PilImage
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -50,21 +47,6 @@ def player_env(monkeypatch):
     monkeypatch.delenv(FASTDDS_PROFILES_ENV, raising=False)
     monkeypatch.delenv(FASTDDS_BUILTIN_ENV, raising=False)
     return None
-
-
-@pytest.fixture
-def ros_node():
-    context = rclpy.Context()
-    rclpy.init(args=None, context=context)
-    node = rclpy.create_node('vlm3r_test_player_sink', context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    try:
-        yield node, executor
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=context)
 
 
 def player_script():
@@ -99,8 +81,8 @@ def wait_exit(child, timeout=30.0):
         pytest.fail(f'the player did not exit. {child.describe()}')
 
 
-def test_player_streams_a_folder_best_effort(ros_node, frames_dir, spawn_python, player_env):
-    node, executor = ros_node
+def test_player_streams_a_folder_best_effort(client_node, frames_dir, spawn_python, player_env):
+    node, executor = client_node.node, client_node.executor
     images, infos = [], []
     # Best effort like the node; a deep history so that a slow spin here loses nothing.
     qos = QoSProfile(depth=N_FRAMES * 2, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -109,7 +91,7 @@ def test_player_streams_a_folder_best_effort(ros_node, frames_dir, spawn_python,
 
     player = spawn_python(player_script(), '--input', frames_dir, '--topic', '/test_cam/image_raw',
                           '--frame-id', 'test_cam_optical', '--camera-info', '--rate', '10',
-                          '--wait-for-subscribers', '1', env=player_env)
+                          '--wait-for-subscribers', '1', '--wait-for-info-subscribers', '1', env=player_env)
     receive(executor, player, lambda: len(images) >= N_FRAMES and len(infos) >= N_FRAMES,
             lambda: f'frames ({len(images)} images, {len(infos)} camera infos received)')
     assert wait_exit(player) == 0, player.describe()
@@ -138,8 +120,8 @@ def test_player_streams_a_folder_best_effort(ros_node, frames_dir, spawn_python,
     assert f'Fast DDS profile {fastdds_profile_path()}' in player.output()  # the shipped setting, applied
 
 
-def test_player_loops_with_source_stamps_reliable(ros_node, frames_dir, spawn_python, player_env):
-    node, executor = ros_node
+def test_player_loops_with_source_stamps_reliable(client_node, frames_dir, spawn_python, player_env):
+    node, executor = client_node.node, client_node.executor
     images = []
     total = N_FRAMES + 3  # one full pass and three frames of the second
     qos = QoSProfile(depth=total * 2, reliability=ReliabilityPolicy.RELIABLE)
@@ -190,6 +172,7 @@ def test_player_guesses_camera_info_for_generated_size_mismatch():
     (['--generated', '0'], '--generated must be >= 1'),
     (['--generated', '2', '--rate', '0'], '--rate must be'),
     (['--generated', '2', '--hfov', '180'], '--hfov'),
+    (['--generated', '2', '--wait-for-info-subscribers', '1'], '--wait-for-info-subscribers needs --camera-info'),
 ])
 def test_player_argument_errors_exit_2(argv, message, capsys):
     assert play.main(argv) == 2

@@ -9,14 +9,11 @@ frames rendered again in this process). Every wait is bounded; nothing is timed.
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 from nav_msgs.msg import Odometry
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -24,6 +21,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 from tf2_msgs.msg import TFMessage
 
+from vlm3r_ros.ros.client_node import ClientNode
 from vlm3r_ros.ros.poses import stamp_to_ns
 from vlm3r_ros.ros.sim_messages import scene_graph_from_payload, transform_to_matrix
 
@@ -43,12 +41,8 @@ class Probe:
     """Everything the bridge publishes, received by a node on simulation time."""
 
     def __init__(self):
-        self.context = rclpy.Context()
-        rclpy.init(args=None, context=self.context)
-        self.node = rclpy.create_node('sim_bridge_probe', context=self.context,
-                                      parameter_overrides=[Parameter('use_sim_time', value=True)])
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        self.ros = ClientNode('sim_bridge_probe', parameter_overrides=[Parameter('use_sim_time', value=True)])
+        self.node = self.ros.node
         self.images, self.infos, self.odoms, self.tf, self.tf_static, self.clock, self.graphs = \
             [], [], [], [], [], [], []
         self.depths, self.depth_infos = [], []
@@ -71,16 +65,10 @@ class Probe:
         self.clock_at_image.append(self.node.get_clock().now().nanoseconds)
 
     def spin_until(self, done, what, child, timeout=WAIT_S):
-        deadline = time.monotonic() + timeout
-        while not done():
-            if time.monotonic() > deadline:
-                pytest.fail(f'{what}: not done after {timeout} s. Bridge {child.describe()}')
-            self.executor.spin_once(timeout_sec=0.05)
+        self.ros.spin_until(done, timeout, what, details=lambda: f'Bridge {child.describe()}')
 
     def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+        self.ros.close()
 
 
 @pytest.fixture(scope='module')

@@ -8,16 +8,14 @@ simulation time, and afterwards checks the files against geometry measured here.
 """
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import SingleThreadedExecutor
 
+from vlm3r_ros.ros.client_node import ClientNode
 from vlm3r_ros.ros.poses import stamp_to_ns
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
@@ -37,31 +35,21 @@ def loop(start_child, tmp_path_factory):
     params['/**']['ros__parameters']['diagnostics_period'] = 0.1
     params_file = out / 'tiny_fast_diagnostics.yaml'
     params_file.write_text(yaml.safe_dump(params))
-    context = rclpy.Context()
-    rclpy.init(args=None, context=context)
-    node = rclpy.create_node('sim_eval_listener', context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
+    ros = ClientNode('sim_eval_listener')
     diagnostics = []
-    node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 50)
+    ros.node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 50)
     argv = [sys.executable, '-m', 'vlm3r_ros.tools.sim_eval', '--params-file', str(params_file),
             '--frames', str(FRAMES), '--size', '160x120',
             '--max-per-type', '1', '--out', str(out), '--no-progress', '--timeout', '150']
     # 15 s after SIGINT: it stops its own node and bridge before it exits
     child = start_child(argv, 'sim_eval', log_dir=out, stop_timeout=15.0)
     try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while child.running() and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.1)
-        if child.running():
-            pytest.fail(f'vlm3r-sim-eval did not finish in {TIMEOUT_S} s:\n{child.tail()}')
+        ros.spin_until(lambda: not child.running(), TIMEOUT_S, 'vlm3r-sim-eval finishes', details=child.tail)
         yield child.returncode, child.output(), out, [
             d for d in diagnostics if any('vlm3r_node' in s.name for s in d.status)]
     finally:
         child.stop()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
+        ros.close()
 
 
 def test_the_loop_runs_and_prints_a_score_table(loop):

@@ -87,13 +87,12 @@ class LiveSpatialClient:
                  query_service: str = "spatial_query", client_name: str = "vlm3r_eval_client",
                  frame_id: str = "camera_optical_frame"):
         apply_transport_setting()  # before this process's first DDS participant (large images)
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
         from std_srvs.srv import Trigger
 
         from vlm3r_ros.msg import SpatialState
+        from vlm3r_ros.ros.client_node import ClientNode
         from vlm3r_ros.srv import SpatialQuery
 
         self.node_fqn = _join(namespace, node_name)
@@ -103,10 +102,9 @@ class LiveSpatialClient:
         self._state = None
         self._cond = threading.Condition()
         self._last_stamp_ns = 0
-        self.context = rclpy.Context()
-        rclpy.init(args=None, context=self.context)
+        self._ros = ClientNode(client_name)
         try:
-            self.node = rclpy.create_node(client_name, context=self.context)
+            self.node = self._ros.node
             state_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                    durability=DurabilityPolicy.TRANSIENT_LOCAL)  # the node latches ~/state
             self.node.create_subscription(SpatialState, f"{self.node_fqn}/state", self._on_state, state_qos)
@@ -116,33 +114,14 @@ class LiveSpatialClient:
             self._query = self.node.create_client(SpatialQuery, self.query_name)
             self._reset = self.node.create_client(Trigger, f"{self.node_fqn}/reset")
             self._srv_types = (SpatialQuery, Trigger)
-            self._executor = SingleThreadedExecutor(context=self.context)
-            self._executor.add_node(self.node)
-            self._thread = threading.Thread(target=self._spin, name="vlm3r-eval-client", daemon=True)
-            self._thread.start()
+            self._ros.spin_in_background("vlm3r-eval-client")
         except BaseException:
-            rclpy.try_shutdown(context=self.context)
+            self._ros.close()
             raise
 
     # ------------------------------------------------------------------ plumbing
-    def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            self._executor.spin()
-        except ExternalShutdownException:
-            pass
-
     def close(self) -> None:
-        import rclpy
-
-        if self._thread is None:
-            return
-        self._executor.shutdown(timeout_sec=2.0)
-        self._thread.join(timeout=5.0)
-        self._thread = None
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+        self._ros.close(timeout_s=2.0)
 
     def __enter__(self) -> "LiveSpatialClient":
         return self

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import time
 
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from vlm3r_ros.errors import UserError
 from vlm3r_ros.msg import SpatialState
+from vlm3r_ros.ros.client_node import ClientNode, ProcessExited, WaitError
 from vlm3r_ros.ros.launching import Child
 from vlm3r_ros.srv import SpatialQuery
 
@@ -28,24 +27,20 @@ class DemoClient:
     """This process's ROS side: the /spatial_query client and a ~/state subscription."""
 
     def __init__(self):
-        self.context = rclpy.Context()
-        rclpy.init(args=None, context=self.context)
-        self.node = rclpy.create_node("vlm3r_demo", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        self.ros = ClientNode("vlm3r_demo")
+        self.node = self.ros.node
         self.client = self.node.create_client(SpatialQuery, "/spatial_query")
         self.states: list = []
         self.state_topic = ""
 
     def spin_until(self, done, timeout_s: float, children: list[Child], what: str):
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            for child in children:
-                if not child.running():
-                    raise DemoError(f"{child.name} exited with status {child.proc.returncode} while {what}")
-            if time.monotonic() > deadline:
-                raise DemoError(f"timed out after {timeout_s:g} s {what}")
-            self.executor.spin_once(timeout_sec=0.05)
+        try:
+            self.ros.spin_until(done, timeout_s, what, watch=children)
+        except ProcessExited:
+            child = next(c for c in children if not c.running())
+            raise DemoError(f"{child.name} exited with status {child.proc.returncode} while {what}") from None
+        except WaitError:
+            raise DemoError(f"timed out after {timeout_s:g} s {what}") from None
 
     def wait_for_node(self, node: Child, timeout_s: float) -> None:
         self.spin_until(self.client.service_is_ready, timeout_s, [node], "waiting for /spatial_query")
@@ -75,15 +70,8 @@ class DemoClient:
         return future.result(), time.monotonic() - start
 
     def latest_state(self, wait_s: float):
-        end = time.monotonic() + wait_s
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.05)
+        self.ros.spin_for(wait_s)
         return self.states[-1] if self.states else None
 
     def close(self) -> None:
-        if self.context is None:
-            return
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self.context = None
+        self.ros.close()

@@ -81,14 +81,18 @@ def play(args, feed: FrameFeed, out=None, ros_args: list[str] | None = None) -> 
             log(f"vlm3r-play: camera info on {info_pub.topic_name}")
         log(f"vlm3r-play: {transport}")
 
-        if args.wait_for_subscribers:
+        wanted = [(image_pub, args.wait_for_subscribers)]
+        if info_pub is not None:
+            wanted.append((info_pub, args.wait_for_info_subscribers))
+        wanted = [(pub, n) for pub, n in wanted if n]
+        if wanted:
             start = time.monotonic()
-            while image_pub.get_subscription_count() < args.wait_for_subscribers:
-                if time.monotonic() - start > args.wait_timeout:
-                    raise NoSubscribers(f"only {image_pub.get_subscription_count()} of "
-                                        f"{args.wait_for_subscribers} subscriber(s) on {image_pub.topic_name} "
-                                        f"after {args.wait_timeout:g} s")
-                time.sleep(0.05)
+            for pub, n in wanted:
+                while pub.get_subscription_count() < n:
+                    if time.monotonic() - start > args.wait_timeout:
+                        raise NoSubscribers(f"only {pub.get_subscription_count()} of {n} subscriber(s) on "
+                                            f"{pub.topic_name} after {args.wait_timeout:g} s")
+                    time.sleep(0.05)
             stats.waited_for_subscribers_s = time.monotonic() - start
         stats.subscribers = image_pub.get_subscription_count()
 

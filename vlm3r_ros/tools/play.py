@@ -47,7 +47,8 @@ ROS arguments come last: ``vlm3r-play --generated 30 --ros-args -r __ns:=/robot1
 topic is then /robot1/image).
 
 --wait-for-subscribers N waits (at most --wait-timeout s) until N subscribers have matched
-before the first frame, so that a consumer started at the same time sees every frame.
+before the first frame, so that a consumer started at the same time sees every frame;
+--wait-for-info-subscribers N does the same for the camera_info topic (with --camera-info).
 Ctrl-C (or SIGTERM) stops cleanly; a summary is printed at the end.
 """
 
@@ -103,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="horizontal field of view of the GUESSED camera info (default 60)")
     parser.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
                         help="wait until N subscribers have matched before publishing (default 0)")
+    parser.add_argument("--wait-for-info-subscribers", type=int, default=0, metavar="N",
+                        help="with --camera-info: also wait until N camera_info subscribers have matched "
+                             "(default 0)")
     parser.add_argument("--wait-timeout", type=float, default=30.0, metavar="S",
                         help="give up waiting for subscribers after S seconds (exit 3; default 30)")
     parser.add_argument("--node-name", default="vlm3r_play", help="ROS node name (default vlm3r_play)")
@@ -121,8 +125,10 @@ def _check_args(args) -> None:
         raise UserError(f"--depth must be >= 1, got {args.depth}")
     if not (0 < args.hfov < 180):
         raise UserError(f"--hfov must be in (0, 180) degrees, got {args.hfov}")
-    if args.wait_for_subscribers < 0 or not args.wait_timeout > 0:
-        raise UserError("--wait-for-subscribers must be >= 0 and --wait-timeout > 0")
+    if args.wait_for_subscribers < 0 or args.wait_for_info_subscribers < 0 or not args.wait_timeout > 0:
+        raise UserError("--wait-for-subscribers and --wait-for-info-subscribers must be >= 0 and --wait-timeout > 0")
+    if args.wait_for_info_subscribers and not args.camera_info:
+        raise UserError("--wait-for-info-subscribers needs --camera-info")
     if not args.topic.strip() or not args.frame_id.strip():
         raise UserError("--topic and --frame-id must not be empty")
 
