@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,19 @@ FIXTURES_DIR = Path(__file__).parent / 'fixtures'
 def pytest_report_header(config):
     return [f'ROS_DOMAIN_ID={_DOMAIN_ID} ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST '
             f'ROS_LOG_DIR={_LOG_DIR}']
+
+
+def _stop_like_ctrl_c(signum, frame):
+    raise KeyboardInterrupt(f'signal {signum}')
+
+
+def pytest_configure(config):
+    # SIGTERM (a cancelled CI job, `timeout`, `kill`) ends the run as Ctrl-C does: pytest then
+    # runs the fixtures' teardowns, which stop every child process (the vLLM server holds ~5 GB
+    # in a process session of its own). Python's default for SIGTERM exits at once, tearing
+    # nothing down.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
 
 
 def pytest_unconfigure(config):
