@@ -323,7 +323,7 @@ def test_two_gloo_processes_equal_one_process_with_gradient_accumulation(data, t
               '--no-gradient-checkpointing', '--no-progress', '--save-steps', '1000']
     run_cli(common + ['--grad-accum', '2', '--output-dir', str(tmp_path / 'one')])
     two = run_cli(common + ['--grad-accum', '1', '--output-dir', str(tmp_path / 'two')], nproc=2)
-    assert 'world size 2' in two.stdout + two.stderr
+    assert 'world size 2, DDP (DistributedDataParallel)' in two.stdout + two.stderr
     one_steps = [r for r in map(json.loads, (tmp_path / 'one' / 'metrics.jsonl').read_text().splitlines())
                  if 'loss' in r]
     two_steps = [r for r in map(json.loads, (tmp_path / 'two' / 'metrics.jsonl').read_text().splitlines())
@@ -337,6 +337,19 @@ def test_two_gloo_processes_equal_one_process_with_gradient_accumulation(data, t
           f'(largest LoRA B entry {moved:.2e})')
     assert moved > 1e-3  # LoRA B starts at zero: the runs did train
     assert worst < 1e-5  # float32: the two sums of the same two gradients differ only in rounding
+
+
+def test_fsdp_where_the_library_cannot_apply_it_is_refused_not_ignored(data, tmp_path):
+    """accelerate turns FSDP on for GPUs only: two gloo processes with --fsdp would quietly run DDP."""
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
+                           str(free_port()), '-m', 'vlm3r_ros.tools.train', '--tiny-random', '--data', str(data),
+                           '--num-frames', str(NF), '--max-steps', '1', '--grad-accum', '1', '--fsdp', 'full_shard',
+                           '--no-progress', '--output-dir', str(tmp_path / 'fsdp')], capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "--fsdp 'full_shard' cannot apply here: accelerate uses FSDP only on GPUs/accelerators, and this run " \
+           "is MULTI_CPU" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / 'fsdp' / 'adapter_model.safetensors').exists()
 
 
 # ------------------------------------------------------------------ overfit

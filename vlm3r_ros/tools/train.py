@@ -124,6 +124,16 @@ def options_from_args(args):
         dataloader_workers=args.workers, max_grad_norm=args.max_grad_norm, progress=args.progress)
 
 
+def strategy(trainer) -> str:
+    """How the run was distributed, named by the wrapper the Trainer put around the model."""
+    wrapper = type(trainer.model_wrapped).__name__
+    if trainer.is_fsdp_enabled:
+        return f"FSDP ({wrapper})"
+    if trainer.is_deepspeed_enabled:
+        return f"DeepSpeed ({wrapper})"
+    return f"DDP ({wrapper})" if trainer.args.world_size > 1 else "one process"
+
+
 def main(argv: list[str] | None = None) -> int:
     from vlm3r_ros.errors import UserError as ToolError
     from vlm3r_ros.train.data import TrainDataError
@@ -142,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if trainer.is_world_process_zero():
         print(f"{PROG}: adapter saved to {opts.output_dir} (base {base.name}); {trainer.state.global_step} "
-              f"optimizer steps, world size {trainer.args.world_size}; metrics in {opts.output_dir}/metrics.jsonl")
+              f"optimizer steps, world size {trainer.args.world_size}, {strategy(trainer)}; metrics in "
+              f"{opts.output_dir}/metrics.jsonl")
     return 0
 
 

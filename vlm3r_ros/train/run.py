@@ -125,8 +125,14 @@ def build_trainer(opts: TrainOptions, base: LoadedBase, *, samples=None, feature
     if opts.gradient_checkpointing:
         model.activation_checkpointing_enable()
     args = training_arguments(opts, precision, use_cpu)
-    return Vlm3rTrainer(model=model, args=args, train_dataset=dataset, callbacks=[MetricsLog(opts.output_dir)],
-                        base_name=base.name, sequential=opts.sequential)
+    trainer = Vlm3rTrainer(model=model, args=args, train_dataset=dataset, callbacks=[MetricsLog(opts.output_dir)],
+                           base_name=base.name, sequential=opts.sequential)
+    if opts.fsdp and not trainer.is_fsdp_enabled:
+        # accelerate (1.15) turns FSDP on for GPU-like devices only; elsewhere it would quietly run DDP
+        raise ValueError(f"--fsdp {opts.fsdp!r} cannot apply here: accelerate uses FSDP only on GPUs/accelerators, "
+                         f"and this run is {trainer.accelerator.distributed_type.value} (on CPU, leave --fsdp out: "
+                         f"several processes then run DDP over gloo)")
+    return trainer
 
 
 def newest_checkpoint(output_dir: str | Path) -> str | None:
