@@ -111,7 +111,7 @@ def test_reliable_stock_camera_every_frame_arrives(watcher, spawn_python):
                        '/diagnostics shows the reliable choice')
     values = watcher.diagnostics[-1][2]
     assert values['image_qos_reason'] == 'auto: the publisher offers reliable'
-    assert values['frames_lost_in_transport'] == '0'
+    assert values['frames_lost_in_transport'] == '0' and watcher.state.frames_lost == 0
 
 
 def test_best_effort_stock_camera_loss_is_reported_with_the_fix(watcher, spawn_python):
@@ -130,5 +130,10 @@ def test_best_effort_stock_camera_loss_is_reported_with_the_fix(watcher, spawn_p
     assert 'publish reliably' in message and 'fastdds_large_data.xml' in message, message
     assert int(values['frames_lost_in_transport']) > 0 and values['image_qos'] == 'best_effort'
     assert received < COUNT
+    # ~/state carries the same count (it never decreases; /diagnostics may be a period behind)
+    watcher.wait(lambda: watcher.state.frames_lost >= int(values['frames_lost_in_transport']),
+                 '~/state frames_lost catches up with /diagnostics')
+    watcher.wait(lambda: int(watcher.diagnostics[-1][2]['frames_lost_in_transport']) == watcher.state.frames_lost,
+                 '/diagnostics and ~/state agree on the frames lost')
     log = watcher.node_proc.output()
     assert 'lost in transport' in log and 'publish reliably' in log, log[-3000:]

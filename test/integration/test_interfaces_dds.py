@@ -83,6 +83,7 @@ def test_spatial_state_round_trip_across_processes(client_node, echo_server):
     sent.frames_processed = 100
     sent.frames_dropped = 7
     sent.frames_rejected = 1
+    sent.frames_lost = 2**33
     sent.window_size = 32
     sent.window_capacity = 64
     sent.last_step_latency_s = 0.125

@@ -19,6 +19,7 @@ SPATIAL_STATE_FIELDS = {
     'frames_processed': 'uint64',
     'frames_dropped': 'uint64',
     'frames_rejected': 'uint64',
+    'frames_lost': 'uint64',
     'window_size': 'uint32',
     'window_capacity': 'uint32',
     'last_step_latency_s': 'double',

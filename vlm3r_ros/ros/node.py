@@ -813,7 +813,7 @@ class SpatialNode(LifecycleNode):
             c = self._counters
             msg.header = conversions.header(self._last_processed_stamp_ns, self._param("world_frame_id"))
             msg.frames_received, msg.frames_processed = c.received, c.processed
-            msg.frames_dropped, msg.frames_rejected = c.dropped, c.rejected
+            msg.frames_dropped, msg.frames_rejected, msg.frames_lost = c.dropped, c.rejected, c.lost
             msg.last_step_latency_s = c.last_step_s
             msg.camera_pose = self._last_pose
         if stats is not None:

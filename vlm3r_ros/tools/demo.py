@@ -240,6 +240,7 @@ def print_state_summary(state, player: Child) -> None:
     print(f"  frames processed {state.frames_processed:>6}")
     print(f"  frames dropped   {state.frames_dropped:>6}  (replaced in the latest-frame slot: the model was busy)")
     print(f"  frames rejected  {state.frames_rejected:>6}  (unusable images)")
+    print(f"  frames lost      {state.frames_lost:>6}  (lost in transport before they reached the node)")
     print(f"  window           {state.window_size:>6} / {state.window_capacity} frames, segment {state.segment_id}")
     print(f"  last step        {state.last_step_latency_s * 1000:>6.1f} ms")
     lines = [line for line in player.output().splitlines() if line.startswith("vlm3r-play: ")]
