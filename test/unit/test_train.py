@@ -340,15 +340,44 @@ def test_two_gloo_processes_equal_one_process_with_gradient_accumulation(data, t
 
 
 # ------------------------------------------------------------------ overfit
+def test_tiny_scales_let_the_room_and_the_question_reach_the_answer_position(data):
+    """The cause of the overfit test's earlier failure (13/16, then 2/16): with transformers' std 0.02
+    decoder Linears under N(0, 1) embeddings the hidden state that predicts the answer was the same
+    for every room and question (pairwise cosine >= 0.9993). trainable_scale_tiny must keep it
+    input-dependent."""
+    base = tiny_base()
+    vlm = base.vlm
+    dataset = Vlm3rTrainDataset(load_mix([parse_source(str(data))]), base.tokenizer, num_frames=1)
+    last = []
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            item = dataset[i]
+            first_answer = int((item['labels'] != IGNORE_INDEX).nonzero()[0, 0])
+            visual = vlm.visual_sequence(vlm.pool(vlm.mm_projector(vlm.fuse(*encode_clip(vlm, base.cut3r,
+                                                                                           item['pixels'])))))
+            embeds = vlm.splice(item['input_ids'][:first_answer], visual)
+            last.append(vlm.llm.model(inputs_embeds=embeds[None]).last_hidden_state[0, -1])
+    last = torch.stack(last)
+    cos = torch.nn.functional.cosine_similarity(last[:, None], last[None], dim=-1)
+    same_question_other_room = torch.stack([cos[i, i + 8] for i in range(8)])
+    same_room = torch.stack([cos[i, j] for r in (0, 8) for i in range(r, r + 8) for j in range(r, r + 8) if i != j])
+    print(f'cosine of the answer-position hidden states: same question, other room '
+          f'{[round(float(c), 3) for c in same_question_other_room]}; other question, same room '
+          f'{float(same_room.min()):.4f}..{float(same_room.max()):.4f}')
+    assert float(same_question_other_room.max()) < 0.9  # 0.9993 before the fix; ~0.45 measured after
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.xfail(strict=False, reason="KNOWN GAP: the measured run of this configuration reproduced 13 of 16 answers "
-                                        "(loss 13.4 -> 0.99 in 960 steps); the tiny random model needs more tuning "
-                                        "than this issue had time for (see the issue-13 note)")
 def test_overfit_16_questions_over_2_rooms_then_greedy_decoding_reproduces_every_answer(data, tmp_path):
     """Official LoRA settings (r 128, alpha 256), cosine schedule with warmup, 1 frame per clip, no
-    dropout; then the adapter is loaded by load_vlm3r and every question is asked through
-    Vlm3rPipeline.answer_video (SigLIP + CUT3R + greedy decoding), as vlm3r-ask / vlm3r-eval do."""
+    dropout, 960 steps (about a minute of training on 2 CPU cores); then the adapter is loaded by
+    load_vlm3r and every question is asked through Vlm3rPipeline.answer_video (SigLIP + CUT3R +
+    greedy decoding), as vlm3r-ask / vlm3r-eval do. Each room has the same eight questions with
+    other answers, so only the visual tokens tell which answer is right.
+
+    Measured with seeds 0, 1, 2: 16/16 each, the loss reaching its floor (~0.16: the frozen random
+    lm_head and final norm bound the logit margin) by epoch ~35; 30 epochs gave 15/16 once."""
     frames = 1
     base = tiny_base()
     base_dir = write_base_folder(base.vlm, tmp_path / 'base')
@@ -373,7 +402,8 @@ def test_overfit_16_questions_over_2_rooms_then_greedy_decoding_reproduces_every
         lines.append(f'{row["scene_name"]} {row["question_type"]:<26} expected {s.answer!r:>5} got {reply!r}')
         if reply != s.answer:
             wrong.append(lines[-1])
-    print(f'loss per epoch: {", ".join(f"{v:.3f}" for v in losses)}')
+    print(f'loss per epoch ({len(losses)} epochs, {trainer.state.global_step} steps): '
+          f'{", ".join(f"{v:.3f}" for v in losses)}')
     print('\n'.join(lines))
     assert losses[-1] < losses[0] / 5
     assert wrong == [], f'{len(wrong)} of {len(samples)} answers not reproduced:\n' + '\n'.join(wrong)
