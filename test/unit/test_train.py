@@ -278,6 +278,64 @@ def test_saved_adapter_loads_through_load_vlm3r_with_the_same_logits(data, cache
         assert torch.allclose(peft_state[key], value, atol=1e-6, rtol=0), key
 
 
+# ------------------------------------------------------------------ from the plain base (no adapter)
+def base_without_fusion(vlm, folder):
+    """A LLaVA-Video-like base folder: the tiny model's weights minus the fusion block, + tokenizer."""
+    from safetensors.torch import save_file
+
+    from vlm3r_ros.models.vlm.tokenizer import save_tokenizer_json
+
+    folder = write_base_folder(vlm, folder)
+    tensors = load_file(str(folder / 'model.safetensors'))
+    kept = {k: v for k, v in tensors.items() if 'fusion_block' not in k}
+    assert len(kept) == len(tensors) - 18  # the fusion block's 18 tensors are gone
+    save_file(kept, str(folder / 'model.safetensors'), metadata={'format': 'pt'})
+    save_tokenizer_json(folder)
+    return folder
+
+
+def test_plain_base_without_fusion_block_gets_a_fresh_official_init_and_trains(data, tmp_path):
+    from vlm3r_ros.engine.checkpoint import CheckpointError, save_cut3r_safetensors
+
+    base = tiny_base()
+    folder = base_without_fusion(base.vlm, tmp_path / 'base')
+    overrides = json.loads((folder / 'vlm3r_config_overrides.json').read_text())
+    with pytest.raises(CheckpointError, match='fusion block comes from the VLM-3R adapter'):
+        load_vlm3r(folder, config_overrides=overrides)
+    vlm, report = load_vlm3r(folder, config_overrides=overrides, fresh_fusion_block=True)
+    assert report.fusion_block_fresh and 'freshly initialised' in report.summary()
+    fresh = dict(vlm.fusion_block.named_parameters())
+    for name in ('clip_query_proj', 'spatial_encoder_key_proj', 'spatial_encoder_value_proj', 'out_proj',
+                 'cross_attention.out_proj'):
+        w = fresh[f'{name}.weight']
+        assert abs(float(w.std()) - 0.02) < 0.004 and abs(float(w.mean())) < 0.004, name  # N(0, 0.02)
+        assert torch.count_nonzero(fresh[f'{name}.bias']) == 0, name
+    for name in ('clip_norm', 'spatial_encoder_norm', 'out_norm'):
+        assert torch.equal(fresh[f'{name}.weight'], torch.ones_like(fresh[f'{name}.weight']))
+        assert torch.count_nonzero(fresh[f'{name}.bias']) == 0
+    in_proj = fresh['cross_attention.in_proj_weight']
+    bound = (6 / (in_proj.shape[0] // 3 + in_proj.shape[1])) ** 0.5
+    assert float(in_proj.abs().max()) <= bound and float(in_proj.abs().max()) > 0.9 * bound  # Xavier uniform
+    assert torch.count_nonzero(fresh['cross_attention.in_proj_bias']) == 0
+    again, _ = load_vlm3r(folder, config_overrides=overrides, fresh_fusion_block=True)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in vlm.state_dict().items())  # seeded
+    rest = {k: v for k, v in base.vlm.state_dict().items() if not k.startswith('fusion_block.')}
+    assert all(torch.equal(v, vlm.state_dict()[k]) for k, v in rest.items())  # everything else from the base
+
+    # vlm3r-train from that folder with no --adapter: says so, trains the fresh block, saves it
+    cut3r = save_cut3r_safetensors(base.cut3r.config, base.cut3r.state_dict(), tmp_path / 'cut3r.safetensors')
+    proc = run_cli(['--base', str(folder), '--cut3r', str(cut3r), '--vlm-config-overrides', json.dumps(overrides),
+                    '--data', str(data), '--num-frames', '1', '--max-steps', '2', '--lr', '1e-3', '--lora-r', '8',
+                    '--lora-alpha', '16', '--no-gradient-checkpointing', '--no-progress', '--save-steps', '1000',
+                    '--output-dir', str(tmp_path / 'run')])
+    assert 'the fusion block is freshly initialised' in proc.stderr
+    saved = torch.load(tmp_path / 'run' / NON_LORA_FILE, weights_only=True)
+    key = 'base_model.model.model.fusion_block.clip_query_proj.weight'
+    assert key in saved and not torch.equal(saved[key], fresh['clip_query_proj.weight'])  # trained from fresh
+    trained, report = load_vlm3r(folder, tmp_path / 'run', config_overrides=overrides)  # the adapter completes it
+    assert not report.fusion_block_fresh and torch.equal(trained.fusion_block.clip_query_proj.weight, saved[key])
+
+
 # ------------------------------------------------------------------ resume and distributed
 def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(data, cache, tmp_path):
     # dropout on: resuming must also restore the random state (the Trainer's rng_state.pth)
