@@ -98,6 +98,58 @@ def test_two_turn_conversation_labels_both_answers():
     assert enc.input_ids.count(-200) == 1
 
 
+def decoded_prompt(tok, ids):
+    """The text of a sequence with '<image>' where the video goes."""
+    pieces = [[]]
+    for t in ids.tolist():
+        if t == -200:
+            pieces.append([])
+        else:
+            pieces[-1].append(t)
+    return '<image>'.join(tok.decode(p, skip_special_tokens=False) for p in pieces)
+
+
+def test_official_time_instruction_for_a_frame_folder_worked_out_by_hand(data):
+    # room_a: 6 frame files; 2 frames sampled: np.linspace(0, 5, 2) -> 0, 5; a folder plays at 2 fps
+    # (the official frame-folder branch): 6 / 2 = 3.00 s, frames at 0 / 2 = 0.00 s and 5 / 2 = 2.50 s
+    tok = tf.tokenizer()
+    samples = load_mix([parse_source(str(data))])
+    item = Vlm3rTrainDataset(samples[:1], tok, num_frames=NF, time_instruction=True)[0]
+    expected = ('<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n'
+                'The video lasts for 3.00 seconds, and 2 frames are uniformly sampled from it. These frames are '
+                'located at 0.00s,2.50s.Please answer the following questions related to this video.\n\n'
+                'These are frames of a video.\nHow many chair(s) are in this room?\n'
+                'Please answer the question using a single word or phrase.<|im_end|>\n<|im_start|>assistant\n'
+                '3<|im_end|>\n')
+    assert decoded_prompt(tok, item['input_ids']) == expected
+    labelled = [int(t) for t, lab in zip(item['input_ids'], item['labels']) if lab != IGNORE_INDEX]
+    assert tok.decode(labelled, skip_special_tokens=False) == '3<|im_end|>'
+    plain = Vlm3rTrainDataset(samples[:1], tok, num_frames=NF, time_instruction=False)[0]
+    prompt = tokenize_with_image(build_prompt('How many chair(s) are in this room?'), tok)
+    assert plain['input_ids'][:len(prompt)].tolist() == prompt  # off: exactly the prompt vlm3r-eval asks
+
+
+def test_official_time_instruction_for_a_video_worked_out_by_hand(tmp_path):
+    imageio_ffmpeg = pytest.importorskip('imageio_ffmpeg', reason='writing a test video needs imageio-ffmpeg')
+    from vlm3r_ros.train.conversation import time_instruction
+    from vlm3r_ros.train.data import clip_timing
+
+    video = tmp_path / 'clip.mp4'
+    writer = imageio_ffmpeg.write_frames(str(video), (64, 48), fps=4, macro_block_size=16)
+    writer.send(None)
+    for i in range(10):
+        writer.send(np.full((48, 64, 3), 20 * i, np.uint8).tobytes())
+    writer.close()
+    from vlm3r_ros.eval.benchmark import SceneMedia
+
+    # 10 frames at 4 fps, 4 sampled: np.linspace(0, 9, 4) -> 0, 3, 6, 9 -> 0.00, 0.75, 1.50, 2.25 s; 10 / 4 = 2.50 s
+    timing = clip_timing(SceneMedia('video', path=video), 4)
+    assert timing == (10, 4.0, [0, 3, 6, 9])
+    assert time_instruction(*timing) == (
+        'The video lasts for 2.50 seconds, and 4 frames are uniformly sampled from it. These frames are located at '
+        '0.00s,0.75s,1.50s,2.25s.Please answer the following questions related to this video.')
+
+
 @pytest.mark.parametrize('turns, message', [
     ([{'from': 'gpt', 'value': 'x'}, {'from': 'human', 'value': 'y'}], "turn 0 is 'assistant'"),
     ([{'from': 'human', 'value': 'q'}], 'user/assistant pairs'),
@@ -445,7 +497,7 @@ def test_overfit_16_questions_over_2_rooms_then_greedy_decoding_reproduces_every
     opts = TrainOptions(output_dir=str(tmp_path / 'run'), data=[str(data)], num_frames=frames, lora_dropout=0.0,
                         fusion_dropout=0.0, learning_rate=OVERFIT_LR, grad_accum=1, epochs=OVERFIT_EPOCHS,
                         save_steps=10**6, logging_steps=16, gradient_checkpointing=False, progress=False,
-                        feature_cache=str(tmp_path / 'cache'))
+                        feature_cache=str(tmp_path / 'cache'), time_instruction=False)  # asked as vlm3r-eval asks
     trainer = train(opts, base)
     losses = [r['loss'] for r in trainer.state.log_history if 'loss' in r]
     loaded, _ = load_vlm3r(base_dir, tmp_path / 'run',

@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of data order, dropout and --tiny-random weights")
     p.add_argument("--num-frames", type=int, default=32, help="frames sampled uniformly per video (default 32)")
     p.add_argument("--feature-cache", help="read SigLIP/CUT3R features from this vlm3r-cache-features folder")
+    p.add_argument("--time-instruction", action=argparse.BooleanOptionalAction, default=True,
+                   help="put the official time instruction ('The video lasts for ... seconds, ...') before each first "
+                        "question, as the official run (--add_time_instruction True; default). The official "
+                        "evaluation, and vlm3r-eval / vlm3r-ask, ask without it: --no-time-instruction trains on "
+                        "exactly the prompt they ask")
     g = p.add_argument_group("LoRA and trained parts (official defaults)")
     g.add_argument("--lora-r", type=int, default=128)
     g.add_argument("--lora-alpha", type=float, default=256)
@@ -131,6 +136,7 @@ def options_from_args(args):
         save_total_limit=args.save_total_limit, logging_steps=args.logging_steps, seed=args.seed,
         gradient_checkpointing=args.gradient_checkpointing, precision=args.precision, deepspeed=args.deepspeed,
         fsdp=args.fsdp, resume=args.resume, sequential=args.sequential, feature_cache=args.feature_cache,
+        time_instruction=args.time_instruction,
         dataloader_workers=args.workers, max_grad_norm=args.max_grad_norm, progress=args.progress)
 
 
