@@ -6,7 +6,7 @@
 2. The tiny random VLM-3R (its frozen LLM at trained scales: trainable_scale_tiny) + tiny CUT3R.
 3. Scores on the test rooms' VSI-Bench rows: untrained, chance (random), chance (frequency from the
    training rows), trained (--steps optimizer steps, batch 1, lr --lr, official LoRA r 128 / alpha 256,
-   features from the cache).
+   features from the cache, no time instruction: the scores come through the evaluation prompt).
 4. Training throughput (samples/s) with and without the feature cache (a few steps each), peak RSS.
 Prints one table and writes OUT/bench.json and OUT/loss.png. Tiny random models: the point is the
 loop and whether training moves the score, not the score itself.
@@ -92,7 +92,8 @@ def main(argv=None) -> int:
 
     common = dict(data=[str(train_file)], num_frames=args.num_frames, lora_dropout=0.0, fusion_dropout=0.0,
                   learning_rate=args.lr, grad_accum=1, save_steps=10**6, logging_steps=10,
-                  gradient_checkpointing=False, progress=False)
+                  gradient_checkpointing=False, progress=False,
+                  time_instruction=False)  # scored through the evaluation prompt, which has none
     speed = {}
     for name, cache in (("no cache", None), ("feature cache", str(out / "cache"))):
         tr = train(TrainOptions(output_dir=str(out / f"speed_{name.replace(' ', '_')}"), max_steps=8,
