@@ -176,8 +176,8 @@ def trainable_scale_tiny(vlm: Vlm3rModel, seed: int = 1) -> Vlm3rModel:
 
     So: embeddings N(0, 1), lm_head N(0, 1/H), the final norm doubled (logits of std ~2), and every
     Linear of the decoder layers N(0, 1/fan_in) (each layer's update about as large as the residual,
-    as in a trained transformer; the same question in the other room then has cosine ~0.45). For tests and benchmarks on tiny
-    random weights only; a real base needs nothing of the kind.
+    as in a trained transformer; the same question in the other room then has cosine ~0.45).
+    For tests and benchmarks on tiny random weights only; a real base needs nothing of the kind.
     """
     llm = vlm.llm
     g = torch.Generator().manual_seed(seed)
