@@ -374,12 +374,18 @@ def test_plain_base_without_fusion_block_gets_a_fresh_official_init_and_trains(d
     rest = {k: v for k, v in base.vlm.state_dict().items() if not k.startswith('fusion_block.')}
     assert all(torch.equal(v, vlm.state_dict()[k]) for k, v in rest.items())  # everything else from the base
 
-    # vlm3r-train from that folder with no --adapter: says so, trains the fresh block, saves it
+    # vlm3r-cache-features and vlm3r-train from that folder with no --adapter: the cache needs no fusion
+    # block; training says it initialises one, trains it and saves it
     cut3r = save_cut3r_safetensors(base.cut3r.config, base.cut3r.state_dict(), tmp_path / 'cut3r.safetensors')
-    proc = run_cli(['--base', str(folder), '--cut3r', str(cut3r), '--vlm-config-overrides', json.dumps(overrides),
-                    '--data', str(data), '--num-frames', '1', '--max-steps', '2', '--lr', '1e-3', '--lora-r', '8',
-                    '--lora-alpha', '16', '--no-gradient-checkpointing', '--no-progress', '--save-steps', '1000',
-                    '--output-dir', str(tmp_path / 'run')])
+    models = ['--base', str(folder), '--cut3r', str(cut3r), '--vlm-config-overrides', json.dumps(overrides),
+              '--data', str(data), '--num-frames', '1']
+    cached = subprocess.run([sys.executable, '-m', 'vlm3r_ros.tools.cache_features', *models, '--out',
+                             str(tmp_path / 'cache')], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert cached.returncode == 0 and '2 computed' in cached.stdout, cached.stderr[-2000:]
+    proc = run_cli(models + ['--feature-cache', str(tmp_path / 'cache'), '--max-steps', '2', '--lr', '1e-3',
+                             '--lora-r', '8', '--lora-alpha', '16', '--no-gradient-checkpointing', '--no-progress',
+                             '--save-steps', '1000', '--output-dir', str(tmp_path / 'run')])
     assert 'the fusion block is freshly initialised' in proc.stderr
     saved = torch.load(tmp_path / 'run' / NON_LORA_FILE, weights_only=True)
     key = 'base_model.model.model.fusion_block.clip_query_proj.weight'
