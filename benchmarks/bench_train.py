@@ -6,9 +6,10 @@
 2. The tiny random VLM-3R (its frozen LLM at trained scales: trainable_scale_tiny) + tiny CUT3R.
 3. Scores on the test rooms' VSI-Bench rows: untrained, chance (random), chance (frequency from the
    training rows), trained (--steps optimizer steps, batch 1, lr --lr, official LoRA r 128 / alpha 256,
-   features from the cache).
+   features from the cache, no time instruction: the scores come through the evaluation prompt).
 4. Training throughput (samples/s) with and without the feature cache (a few steps each), peak RSS.
-Prints one table and writes OUT/bench.json and OUT/loss.png. Tiny random models: the point is the
+Prints one table and writes OUT/bench.json, OUT/run/loss.png and the trained model's answers
+(OUT/predictions_trained.jsonl). Tiny random models: the point is the
 loop and whether training moves the score, not the score itself.
 """
 
@@ -92,7 +93,8 @@ def main(argv=None) -> int:
 
     common = dict(data=[str(train_file)], num_frames=args.num_frames, lora_dropout=0.0, fusion_dropout=0.0,
                   learning_rate=args.lr, grad_accum=1, save_steps=10**6, logging_steps=10,
-                  gradient_checkpointing=False, progress=False)
+                  gradient_checkpointing=False, progress=False,
+                  time_instruction=False)  # scored through the evaluation prompt, which has none
     speed = {}
     for name, cache in (("no cache", None), ("feature cache", str(out / "cache"))):
         tr = train(TrainOptions(output_dir=str(out / f"speed_{name.replace(' ', '_')}"), max_steps=8,
@@ -106,8 +108,10 @@ def main(argv=None) -> int:
     train_s = time.perf_counter() - t0
     model = trainer.model.eval()
     model.vlm.llm = model.vlm.llm.merge_and_unload()
-    trained = score(answer_rows(Vlm3rPipeline(model.vlm, cut3r, tok), test.rows, test_file.parent,
-                                args.num_frames), test.spec)
+    trained_records = answer_rows(Vlm3rPipeline(model.vlm, cut3r, tok), test.rows, test_file.parent, args.num_frames)
+    trained = score(trained_records, test.spec)
+    with open(out / "predictions_trained.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, default=str) + "\n" for r in trained_records)
     train_rows = [json.loads(line) for line in train_file.read_text().splitlines()]
     columns = {"untrained": untrained, baselines.RANDOM: baselines.random_chance(test.rows, test.spec),
                baselines.FREQUENCY: baselines.frequency_chance(train_rows, test.rows, test.spec), "trained": trained}

@@ -115,6 +115,7 @@ class ModelSource:
     cut3r: Path | None = None  # CUT3R checkpoint
     tokenizer_dir: Path | None = None  # None: the base's (the offline-built Qwen2 tokenizer for tiny_random)
     config_overrides: dict | None = None  # VLM-3R config fields over the checkpoint's config.json
+    fresh_fusion_block: bool = False  # training from a base without fusion weights: initialise it
 
 
 @dataclass
@@ -149,7 +150,8 @@ def load_models(source: ModelSource, device: torch.device, dtype: torch.dtype, *
             vlm, report = vlm_checkpoint.load_vlm3r(source.base, source.adapter, device=device, dtype=dtype,
                                                     tokenizer_size=tokenizer.get_vocab_size(with_added_tokens=True),
                                                     config_overrides=source.config_overrides,
-                                                    llm_layers=llm is None)
+                                                    llm_layers=llm is None,
+                                                    fresh_fusion_block=source.fresh_fusion_block)
         except cut3r_checkpoint.CheckpointError as exc:  # vlm_checkpoint raises the same class
             raise LoadError(vlm_load_error(str(exc), overrides_name)) from None
         except torch.OutOfMemoryError:

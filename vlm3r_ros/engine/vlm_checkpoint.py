@@ -120,6 +120,7 @@ class LoadReport:
     vocab_resize: tuple[int, int] | None = None  # (rows before, rows after)
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
+    fusion_block_fresh: bool = False  # no fusion weights in the files: initialised (fresh_fusion_block)
 
     def dropped_by_reason(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -139,6 +140,8 @@ class LoadReport:
             lines.append(f"  dropped {len(keys)} keys ({reason}), e.g. {keys[0]}")
         if self.vocab_resize:
             lines.append(f"  vocabulary resized {self.vocab_resize[0]} -> {self.vocab_resize[1]}")
+        if self.fusion_block_fresh:
+            lines.append("  fusion block: not in the files, freshly initialised (init_fusion_block_fresh)")
         return "\n".join(lines)
 
 
@@ -541,6 +544,54 @@ def _collect(files: Iterable[tuple[Path, Mapping[str, torch.Tensor]]], names: Ma
     return set_here
 
 
+# ------------------------------------------------------------------ fresh fusion block
+DEFAULT_INITIALIZER_RANGE = 0.02  # Qwen2's initializer_range (LLaVA-Video-7B-Qwen2's config.json)
+
+
+@torch.no_grad()
+def init_fusion_block_fresh(block: nn.Module, std: float = DEFAULT_INITIALIZER_RANGE, seed: int = 0) -> nn.Module:
+    """Initialise a fusion block that no checkpoint holds, as the official training does when it
+    starts from the plain LLaVA-Video base (VITA-Group/VLM-3R ``llava/train/train.py`` ``get_model``
+    puts ``fusion_block`` into the config passed to ``from_pretrained``, so ``LlavaMetaModel.__init__``
+    (``llava/model/llava_arch.py``) builds ``CrossAttentionFusion`` (``multimodal_fusion_block/
+    builder.py``) while the base loads; its keys are missing from the base, so transformers
+    initialises them with the model's ``_init_weights``):
+
+    * every ``nn.Linear`` (the q/k/v and out projections, ``cross_attention.out_proj``):
+      N(0, ``initializer_range``), bias 0 (Qwen2's ``_init_weights``);
+    * ``nn.LayerNorm``: weight 1, bias 0;
+    * ``nn.MultiheadAttention``'s packed ``in_proj`` (a bare parameter, no ``nn.Linear``, so
+      ``_init_weights`` does not touch it): PyTorch's own init, Xavier-uniform weight, bias 0.
+      What the official run's lazy initialisation leaves there depends on the transformers
+      version it pins; we did not verify it and use PyTorch's definition.
+
+    Seeded (``seed``), so every process of a distributed run starts from the same block.
+    """
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    for module in block.modules():
+        if isinstance(module, nn.Linear):
+            module.weight.copy_(torch.randn(module.weight.shape, generator=g) * std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+        elif isinstance(module, nn.MultiheadAttention):
+            w = module.in_proj_weight
+            bound = math.sqrt(6.0 / (w.shape[0] // 3 + w.shape[1]))  # xavier_uniform_ on the (3E, E) packing
+            w.copy_(torch.rand(w.shape, generator=g) * 2 * bound - bound)
+            module.in_proj_bias.zero_()
+    return block
+
+
+def _fresh_fusion_tensors(config: Vlm3rConfig, std: float) -> dict[str, torch.Tensor]:
+    from vlm3r_ros.models.vlm.fusion import Vlm3rFusionBlock
+
+    block = Vlm3rFusionBlock(config.vision.hidden_size, config.spatial_dim, config.fusion_num_heads)
+    init_fusion_block_fresh(block, std)
+    return {f"fusion_block.{k}": v for k, v in block.state_dict().items()}
+
+
 def _resolve_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dtype:
     if dtype is None:
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -553,7 +604,7 @@ def load_vlm3r(base_dir: str | Path, adapter_dir: str | Path | None = None, *,
                device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                tokenizer_size: int | None = None,
                config_overrides: Mapping[str, Any] | None = None,
-               llm_layers: bool = True) -> tuple[Vlm3rModel, LoadReport]:
+               llm_layers: bool = True, fresh_fusion_block: bool = False) -> tuple[Vlm3rModel, LoadReport]:
     """Load the LLaVA-Video-Qwen2 base (+ the VLM-3R LoRA adapter) into a ready :class:`Vlm3rModel`.
 
     Args:
@@ -573,6 +624,10 @@ def load_vlm3r(base_dir: str | Path, adapter_dir: str | Path | None = None, *,
         llm_layers: False loads the robot's part only (llm_backend ``openai``): everything but the
             LLM's decoder layers, final norm and LM head (their keys are dropped unread, the LoRA,
             which targets only those layers, is not merged); the input embeddings stay.
+        fresh_fusion_block: when neither the base nor the adapter holds the fusion block (training
+            from the plain LLaVA-Video base), initialise it as the official training does
+            (:func:`init_fusion_block_fresh`) instead of refusing; ``report.fusion_block_fresh``
+            says it happened. A partial fusion block is still an error.
 
     Returns:
         (model in eval mode without gradients, :class:`LoadReport`).
@@ -622,10 +677,23 @@ def load_vlm3r(base_dir: str | Path, adapter_dir: str | Path | None = None, *,
         raw = _torch_load(path)
         report.non_lora_overrides = _collect([(path, raw)], strip_non_lora_prefix(raw), config, report, sd,
                                              origin, unknown, convert, not llm_layers)
+    if fresh_fusion_block:
+        expected = [k for k in model.state_dict() if k.startswith("fusion_block.")]
+        absent = [k for k in expected if k not in sd]
+        if absent and len(absent) < len(expected):
+            raise CheckpointError(f"the files hold part of the fusion block ({len(expected) - len(absent)} of "
+                                  f"{len(expected)} tensors; missing e.g. {absent[:3]}): refusing to initialise the "
+                                  f"rest fresh")
+        if absent:
+            std = float(base_doc.get("initializer_range", DEFAULT_INITIALIZER_RANGE))
+            for key, value in _fresh_fusion_tensors(config, std).items():
+                sd[key] = convert(value)
+                origin[key] = "fresh initialisation (init_fusion_block_fresh)"
+            report.fusion_block_fresh = True
     _check_against_model(model, sd, origin, unknown, adapter is not None)
     model.load_state_dict(sd, strict=True, assign=True)
     model.requires_grad_(False)
-    report.tensors_loaded = len(sd)
+    report.tensors_loaded = len(sd) - sum(k.startswith("fusion_block.") for k in sd) * report.fusion_block_fresh
     del sd
 
     if lora is not None and llm_layers:

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="as vlm3r-train")
     p.add_argument("--out", required=True, help="cache folder (vlm3r-train --feature-cache)")
     p.add_argument("--base", help="local LLaVA-Video-7B-Qwen2 folder (its SigLIP)")
-    p.add_argument("--adapter", help="local VLM-3R adapter folder")
+    p.add_argument("--adapter", help="local VLM-3R adapter folder (optional: only SigLIP and CUT3R run here)")
     p.add_argument("--cut3r", help="CUT3R checkpoint")
     p.add_argument("--vlm-config-overrides", metavar="JSON", help=OVERRIDES_HELP)
     p.add_argument("--tiny-random", action="store_true")
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dataclasses import replace
     from pathlib import Path
 
     from vlm3r_ros.engine.loading import load_models
@@ -56,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         check_media(samples)
         device = torch.device(args.device)
         dtype = torch.float16 if device.type == "cuda" else torch.float32  # the evaluation's encoders
-        pipe = load_models(model_source(args), device, dtype).pipeline
+        source = model_source(args)
+        if not args.tiny_random and args.adapter is None:  # the plain base: the cache needs no fusion block
+            source = replace(source, fresh_fusion_block=True)
+        pipe = load_models(source, device, dtype).pipeline
         report = FeatureCache(args.out).build(samples, pipe.vlm, pipe.cut3r, args.num_frames, force=args.force,
                                               progress=lambda i, n: print(f"\r{PROG}: video {i}/{n}", end="",
                                                                           file=sys.stderr, flush=True))

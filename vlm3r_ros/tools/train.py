@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,13 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, help="checkpoints, metrics.jsonl, loss.png and the final adapter")
     p.add_argument("--base", type=Path, help="local LLaVA-Video-7B-Qwen2 folder")
     p.add_argument("--adapter", type=Path, help="local VLM-3R adapter folder to start from (its fusion block, "
-                                                "projector and LoRA merged in)")
+                                                "projector and LoRA merged in); without it, training starts "
+                                                "from the plain base and a fusion block the base lacks is freshly "
+                                                "initialised, as the official run from LLaVA-Video-7B-Qwen2")
     p.add_argument("--cut3r", type=Path, help="CUT3R checkpoint (cut3r_512_dpt_4_64.pth)")
     p.add_argument("--vlm-config-overrides", metavar="JSON", help=OVERRIDES_HELP)
     p.add_argument("--tiny-random", action="store_true", help="tiny random models (tests; nothing downloaded)")
     p.add_argument("--seed", type=int, default=0, help="seed of data order, dropout and --tiny-random weights")
     p.add_argument("--num-frames", type=int, default=32, help="frames sampled uniformly per video (default 32)")
     p.add_argument("--feature-cache", help="read SigLIP/CUT3R features from this vlm3r-cache-features folder")
+    p.add_argument("--time-instruction", action=argparse.BooleanOptionalAction, default=True,
+                   help="put the official time instruction ('The video lasts for ... seconds, ...') before each first "
+                        "question, as the official run (--add_time_instruction True; default). The official "
+                        "evaluation, and vlm3r-eval / vlm3r-ask, ask without it: --no-time-instruction trains on "
+                        "exactly the prompt they ask")
     g = p.add_argument_group("LoRA and trained parts (official defaults)")
     g.add_argument("--lora-r", type=int, default=128)
     g.add_argument("--lora-alpha", type=float, default=256)
@@ -82,8 +90,15 @@ def load_base(args, dtype: torch.dtype):
     from vlm3r_ros.train.export import write_base_folder
     from vlm3r_ros.train.run import LoadedBase
 
-    loaded = load_models(model_source(args), torch.device("cpu"), dtype)
+    source = model_source(args)
+    if not args.tiny_random and args.adapter is None:
+        source = replace(source, fresh_fusion_block=True)
+    loaded = load_models(source, torch.device("cpu"), dtype)
     pipe = loaded.pipeline
+    if loaded.report is not None and loaded.report.fusion_block_fresh and int(os.environ.get("RANK", "0")) == 0:
+        print(f"{PROG}: no --adapter and no fusion block in {args.base}: the fusion block is freshly initialised "
+              f"(Linear N(0, 0.02), LayerNorm 1/0, attention in_proj Xavier; as the official run from "
+              f"LLaVA-Video-7B-Qwen2) and trained with the projector and LoRA", file=sys.stderr)
     if args.tiny_random:  # no base on disk: write it, so that the adapter has a base to load against
         base_dir = Path(args.output_dir) / "base"
         if int(os.environ.get("RANK", "0")) == 0:
@@ -103,10 +118,10 @@ def check_args(args) -> None:
         if given:
             raise ToolError(f"--tiny-random replaces --base, --adapter and --cut3r; drop {', '.join(given)}")
     else:
-        missing = [f"--{n}" for n in ("base", "adapter", "cut3r") if getattr(args, n) is None]
+        missing = [f"--{n}" for n in ("base", "cut3r") if getattr(args, n) is None]
         if missing:
-            raise ToolError(f"missing {', '.join(missing)} (or --tiny-random); the fusion block starts from the "
-                            f"VLM-3R adapter's non_lora_trainables.bin")
+            raise ToolError(f"missing {', '.join(missing)} (or --tiny-random); --adapter is optional (without it a "
+                            f"fusion block the base lacks is freshly initialised)")
 
 
 def options_from_args(args):
@@ -121,6 +136,7 @@ def options_from_args(args):
         save_total_limit=args.save_total_limit, logging_steps=args.logging_steps, seed=args.seed,
         gradient_checkpointing=args.gradient_checkpointing, precision=args.precision, deepspeed=args.deepspeed,
         fsdp=args.fsdp, resume=args.resume, sequential=args.sequential, feature_cache=args.feature_cache,
+        time_instruction=args.time_instruction,
         dataloader_workers=args.workers, max_grad_norm=args.max_grad_norm, progress=args.progress)
 
 

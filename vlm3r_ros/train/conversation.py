@@ -11,10 +11,19 @@ user turns included. We label only what the model must produce when it answers: 
 assistant turn's content and its closing ``<|im_end|>`` (the stop token the inference
 pipeline waits for). Everything else is :data:`IGNORE_INDEX`.
 
-The prompt part of a one-question conversation is token for token the prompt
-:func:`~vlm3r_ros.models.vlm.prompting.build_prompt` gives at inference, so what is trained
-is what is asked. The official run also adds a time instruction after ``<image>``
-(``--add_time_instruction True``) that its evaluation does not; we train on the evaluation prompt.
+Without the time instruction, the prompt part of a one-question conversation is token for token
+the prompt :func:`~vlm3r_ros.models.vlm.prompting.build_prompt` gives at inference.
+
+Time instruction (``--add_time_instruction True`` of the official run, default here too): the
+official dataset (``llava/train/train.py``, ``LazySupervisedDataset._get_item``, video branch,
+with ``process_video_with_decord`` in ``llava/utils.py``) rewrites the first user turn as
+``<image>\n{instruction}\n{turn with "<image>" removed}``; the turn was ``<image>\n{question}``
+(``vlm_3r_data_process/src/format_qa.py``), so a blank line separates the instruction from the
+question. The instruction is :func:`time_instruction` (sic: no space after the frame list). The
+official *evaluation* (``thinking-in-space/lmms_eval/models/vlm_3r.py``) asks
+``<image>\n{question}`` with no time instruction, and so do ``vlm3r-eval`` / ``vlm3r-ask`` here:
+the official recipe trains with it and evaluates without. A run meant to be asked by this
+project's tools exactly as it was trained sets ``time_instruction=False`` (``--no-time-instruction``).
 """
 
 from __future__ import annotations
@@ -73,6 +82,30 @@ def normalize_turns(turns: Sequence[Turn | dict], *, where: str = "conversation"
         raise ConversationError(f"{where}: expected one {IMAGE_TOKEN} marker in the first user turn (one video), "
                                 f"found {markers} in all")
     return out
+
+
+# The official frame-folder branch of llava/train/train.py hard-codes 2 frames per second.
+FOLDER_FPS = 2.0
+
+
+def time_instruction(total_frames: int, fps: float, indices: Sequence[int]) -> str:
+    """The official time instruction for a clip of ``total_frames`` frames at ``fps`` of which the
+    frames ``indices`` were sampled (``process_video_with_decord``: video length ``total / fps``,
+    each sampled frame at ``index / fps``, two decimals)."""
+    if total_frames < 1 or fps <= 0 or not indices:
+        raise ValueError(f"time instruction: need frames, a positive fps and sampled indices; got "
+                         f"{total_frames} frames, fps {fps}, indices {list(indices)}")
+    times = ",".join(f"{i / fps:.2f}s" for i in indices)
+    return (f"The video lasts for {total_frames / fps:.2f} seconds, and {len(indices)} frames are uniformly "
+            f"sampled from it. These frames are located at {times}.Please answer the following questions "
+            f"related to this video.")
+
+
+def with_time_instruction(turns: Sequence[Turn], instruction: str) -> list[Turn]:
+    """The official rewrite of the first user turn: ``<image>\n{instruction}\n{turn without <image>}``."""
+    first = turns[0]
+    return [Turn(first.role, f"{IMAGE_TOKEN}\n{instruction}\n{first.content.replace(IMAGE_TOKEN, '')}"),
+            *turns[1:]]
 
 
 def encode_conversation(turns: Sequence[Turn], tokenizer) -> Encoded:

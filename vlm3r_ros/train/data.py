@@ -30,7 +30,9 @@ from vlm3r_ros.eval.benchmark import BenchmarkError, SceneMedia, load_benchmark,
 from vlm3r_ros.eval.metrics import mca_answer, to_float
 from vlm3r_ros.models.vlm.prompting import build_context
 
-from .conversation import ConversationError, Turn, encode_conversation, normalize_turns
+from .conversation import FOLDER_FPS, ConversationError, Turn, encode_conversation, normalize_turns
+from .conversation import time_instruction as official_time_instruction
+from .conversation import with_time_instruction
 
 
 class TrainDataError(ValueError):
@@ -177,19 +179,54 @@ def read_clip(media: SceneMedia, num_frames: int) -> tuple[torch.Tensor, list[in
     return torch.stack([preprocess_siglip(im) for im in frames.images]), list(frames.indices)
 
 
+def clip_timing(media: SceneMedia, num_frames: int) -> tuple[int, float, list[int]]:
+    """(frames in the source, frames per second, the sampled indices) of a clip, for the time
+    instruction: a video's own frame count (counted by ffmpeg) and rate; a folder or a list of
+    images at 2 frames per second (the official frame-folder branch). The indices are the
+    evaluation's uniform sampling, the frames the model is given."""
+    from vlm3r_ros.media.frames import MediaError, open_input, uniform_frame_indices
+
+    if media.kind == "frames":
+        total = len(media.frames)
+        return total, FOLDER_FPS, uniform_frame_indices(total, num_frames)
+    try:
+        sampled = open_input(media.path if media.kind == "video" else None,
+                             media.path if media.kind == "folder" else None, num_frames)
+    except MediaError as exc:
+        raise TrainDataError(f"{media.describe()}: {exc}") from None
+    try:
+        fps = sampled.source.fps if sampled.kind == "video" else FOLDER_FPS
+        return sampled.total, fps, list(sampled.indices)
+    finally:
+        sampled.source.close()
+
+
 class Vlm3rTrainDataset(torch.utils.data.Dataset):
     """Items: ``input_ids``, ``labels`` and either ``pixels`` (the frozen encoders run in the
-    model) or the cached ``vision`` / ``camera`` / ``patch`` features (``features`` given)."""
+    model) or the cached ``vision`` / ``camera`` / ``patch`` features (``features`` given).
+
+    ``time_instruction``: put the official time instruction before each conversation's first
+    question (:mod:`.conversation`); each clip's frames are counted once."""
 
     def __init__(self, samples: Sequence[TrainSample], tokenizer, *, num_frames: int = 32,
-                 features: Callable[[TrainSample], dict] | None = None, clips_in_memory: int = 8):
+                 features: Callable[[TrainSample], dict] | None = None, clips_in_memory: int = 8,
+                 time_instruction: bool = False):
         self.samples = list(samples)
         self.tokenizer = tokenizer
         self.num_frames = num_frames
         self.features = features
         self._clips: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._clips_in_memory = clips_in_memory
-        self._encoded = [encode_conversation(s.turns, tokenizer) for s in self.samples]
+        self.time_instruction = time_instruction
+        timings: dict[str, str] = {}
+        self._encoded = []
+        for s in self.samples:
+            turns = s.turns
+            if time_instruction:
+                if s.media.key not in timings:
+                    timings[s.media.key] = official_time_instruction(*clip_timing(s.media, num_frames))
+                turns = with_time_instruction(turns, timings[s.media.key])
+            self._encoded.append(encode_conversation(turns, tokenizer))
 
     def __len__(self) -> int:
         return len(self.samples)

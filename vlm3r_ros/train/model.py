@@ -163,10 +163,20 @@ class TrainableVlm3r(nn.Module):
 def trainable_scale_tiny(vlm: Vlm3rModel, seed: int = 1) -> Vlm3rModel:
     """Give a tiny *random* model's frozen LLM the scales of a trained one, so a short run can train it.
 
-    transformers initialises Qwen2 with std 0.02: the text embeddings are then some hundred times
-    smaller than the visual tokens the projector makes, and the logits span about +-0.3, so no
-    question text reaches the answer and every token is about equally likely. This sets the
-    embeddings to N(0, 1), lm_head to N(0, 1/H) and doubles the final norm (logits of about +-20).
+    transformers initialises Qwen2 with std 0.02 everywhere. In a 64-wide model that has two effects,
+    both measured (docs/training.md, "Overfitting the tiny model"):
+
+    * the text embeddings are some ten times smaller than the visual tokens the projector makes, and
+      the logits span about +-0.3 (every token about equally likely);
+    * each decoder layer's attention and MLP write about 2 % of the residual stream, so the hidden
+      state that predicts the answer is the embedding of the prompt's last token ("\n") whatever the
+      room or question (pairwise cosine over the 16 overfit samples >= 0.9993): LoRA starts from zero
+      and must first make the layers 50x stronger before any question or visual token reaches the
+      answer.
+
+    So: embeddings N(0, 1), lm_head N(0, 1/H), the final norm doubled (logits of std ~2), and every
+    Linear of the decoder layers N(0, 1/fan_in) (each layer's update about as large as the residual,
+    as in a trained transformer; the same question in the other room then has cosine ~0.45).
     For tests and benchmarks on tiny random weights only; a real base needs nothing of the kind.
     """
     llm = vlm.llm
@@ -175,4 +185,8 @@ def trainable_scale_tiny(vlm: Vlm3rModel, seed: int = 1) -> Vlm3rModel:
     embed.copy_(torch.randn(embed.shape, generator=g).to(embed.dtype))
     head.copy_((torch.randn(head.shape, generator=g) / head.shape[1] ** 0.5).to(head.dtype))
     llm.model.norm.weight.mul_(2.0)
+    for module in llm.model.layers.modules():
+        if isinstance(module, nn.Linear):
+            w = module.weight
+            w.copy_((torch.randn(w.shape, generator=g) / w.shape[1] ** 0.5).to(w.dtype))
     return vlm

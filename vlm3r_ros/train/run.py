@@ -2,7 +2,8 @@
 
 Defaults are the official run's (``scripts/VLM_3R/train_vsibench.sh``): lr 2e-5, cosine schedule,
 warmup ratio 0.03, weight decay 0, per-device batch 1, gradient accumulation 16, 5 epochs,
-gradient checkpointing, 32 uniformly sampled frames, LoRA r 128 / alpha 256, bf16 on a GPU.
+gradient checkpointing, 32 uniformly sampled frames, LoRA r 128 / alpha 256, bf16 on a GPU, the
+time instruction before each first question (``--add_time_instruction True``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class TrainOptions:
     resume: str | None = None  # a checkpoint folder, or "auto": the newest in output_dir
     sequential: bool = False  # no shuffling: the file order, every epoch
     feature_cache: str | None = None
+    time_instruction: bool = True  # the official --add_time_instruction True (its evaluation asks without)
     dataloader_workers: int = 0
     max_grad_norm: float = 1.0
     progress: bool = True
@@ -113,7 +115,8 @@ def build_trainer(opts: TrainOptions, base: LoadedBase, *, samples=None, feature
 
         features = FeatureCache(opts.feature_cache).reader(base, opts.num_frames)
         features.check_all(samples)  # a stale or missing entry fails here, before training starts
-    dataset = Vlm3rTrainDataset(samples, base.tokenizer, num_frames=opts.num_frames, features=features)
+    dataset = Vlm3rTrainDataset(samples, base.tokenizer, num_frames=opts.num_frames, features=features,
+                                time_instruction=opts.time_instruction)
 
     dtype = compute_dtype(precision)
     base.vlm.to_dtype(dtype)
