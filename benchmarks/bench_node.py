@@ -28,8 +28,10 @@ Phases (node started once; its counters are read from ``~/state`` before and aft
 2. query phase: ``--queries`` questions one after the other while the camera runs at the
    first rate: latency inside the node (response ``latency_s``) and round trip here.
 3. memory phase: the camera at ``--rss-rate`` Hz until the node has processed ``--frames``
-   frames (default 5,000); the node's RSS (/proc/PID/statm) every second; first/last/max and
-   the slope over the second half (goal: flat).
+   frames (default 5,000); the node's RSS (/proc/PID/statm) every second; first/last/max, the
+   slope over the second half, the growth after ``--rss-warmup-frames`` in % (goal: < 2 % over
+   10,000 frames with a question every 15 s, ``--rss-query-period 15``) and the series.
+   ``--node-env MALLOC_ARENA_MAX=2`` (and the like) runs the node with another allocator set-up.
 
 Numbers: medians, p90, p99 over frames. Clocks: stamps and arrival times are this host's wall
 clock (one machine, so no sync error). On a 2-core CPU the three processes compete for the
@@ -348,7 +350,7 @@ def memory_phase(args, env, probe, node, frames_dir, log_dir, image_topic, resul
                 print(f"   {done:6d} frames processed, RSS {samples[-1][1]:7.1f} MiB, {samples[-1][2]:5.0f} s, "
                       f"processing {hz:5.2f} frames/s, last step {state.last_step_latency_s * 1e3:5.1f} ms",
                       flush=True)
-                next_print += max(args.frames // 10, 1)
+                next_print += args.rss_print_every or max(args.frames // 10, 1)
             if done >= args.frames:
                 break
     finally:
@@ -365,11 +367,34 @@ def memory_phase(args, env, probe, node, frames_dir, log_dir, image_topic, resul
     print(f"   RSS: at 10% of the run {first:.1f} MiB, at the end {rss[-1]:.1f} MiB, max {max(rss):.1f} MiB; "
           f"slope over the second half {slope:+.2f} MiB per 1,000 frames "
           f"({samples[-1][0]} frames in {samples[-1][2]:.0f} s)")
+    warm = next((r for f, r, _ in samples if f >= args.rss_warmup_frames), None)
+    growth = (rss[-1] - warm) / warm * 100 if warm else math.nan
+    after = [r for f, r, _ in samples if f >= args.rss_warmup_frames]
+    if warm:
+        print(f"   after the warm-up ({args.rss_warmup_frames} frames): {warm:.1f} MiB -> {rss[-1]:.1f} MiB at the end "
+              f"({growth:+.2f} %), max {max(after):.1f} MiB ({(max(after) - warm) / warm * 100:+.2f} %)")
+    print("   RSS series (frames: MiB): " + ", ".join(
+        f"{f}: {r:.1f}" for f, r in series(samples, args.rss_print_every or max(args.frames // 10, 1))))
     if asked:
         print(f"   questions during the run: {asked} asked, outcomes {dict(collections.Counter(outcomes))}")
+    state = probe.state()
+    print(f"   node counters: received {state.frames_received}, processed {state.frames_processed}, dropped "
+          f"{state.frames_dropped} (latest-frame slot), rejected {state.frames_rejected}")
     results["memory"] = dict(frames=samples[-1][0], seconds=samples[-1][2], rss_mib_at_10pct=first,
                              rss_mib_end=rss[-1], rss_mib_max=max(rss), slope_mib_per_1000_frames=slope,
+                             warmup_frames=args.rss_warmup_frames, rss_mib_after_warmup=warm,
+                             growth_after_warmup_pct=growth, node_env=args.node_env,
                              samples=samples, questions_asked=asked, question_outcomes=outcomes)
+
+
+def series(samples, every: int):
+    """The first sample at or past each multiple of ``every`` frames: [(frames, RSS MiB)]."""
+    out, mark = [], 0
+    for f, r, _ in samples:
+        if f >= mark:
+            out.append((f, r))
+            mark = (f // every + 1) * every
+    return out
 
 
 # ------------------------------------------------------------------ main
@@ -387,6 +412,14 @@ def main(argv=None) -> int:
     parser.add_argument("--rss-rate", type=float, default=30.0, help="camera rate of the memory phase")
     parser.add_argument("--rss-query-period", type=float, default=0.0,
                         help="in the memory phase, ask a question every this many seconds (0: none)")
+    parser.add_argument("--rss-warmup-frames", type=int, default=1000,
+                        help="RSS growth is reported from this many processed frames on (default 1000: the "
+                             "window and ~/path have filled)")
+    parser.add_argument("--rss-print-every", type=int, default=0,
+                        help="print the RSS every this many frames (default: a tenth of --frames)")
+    parser.add_argument("--node-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the node (repeatable), e.g. MALLOC_ARENA_MAX=2 to test "
+                             "whether RSS growth is glibc's per-thread arenas")
     parser.add_argument("--size", default="640x480", help="camera frame size WxH (default 640x480)")
     parser.add_argument("--engine-frames", type=int, default=60,
                         help="frames for the engine-alone step time (0: skip)")
@@ -420,7 +453,8 @@ def main(argv=None) -> int:
 
         node_argv = console_script("vlm3r-node", "vlm3r_ros.ros.main") + [
             "--ros-args", "--params-file", str(args.params_file)]
-        node = Child("vlm3r-node", node_argv, tmp / "node.log", env)
+        node_env = dict(env, **dict(kv.split("=", 1) for kv in args.node_env))
+        node = Child("vlm3r-node", node_argv, tmp / "node.log", node_env)
         probe = None
         try:
             probe = Probe()

@@ -286,6 +286,43 @@ def test_keyframes_selection_extends_the_prefix_as_frames_arrive(pipeline, frame
         engine.close()
 
 
+def test_background_prefetch_extends_the_prefix_and_answers_token_for_token_as_a_cold_prefill(pipeline, frames):
+    """prefix_prefetch: each new keyframe extends the cached prefix with no question asked; the question
+    after it only prefills its own text, and its tokens are those of a cold prefill without any cache."""
+    config = dict(frame_selection='keyframes', default_max_frames=8)
+    engine = SpatialEngine(pipeline, EngineConfig(**dict(dict(window_capacity=16, default_max_new_tokens=6),
+                                                         prefix_prefetch=True, **config)))
+    cold = engine_with(pipeline, frames[:4], prefix_cache_mb=0, **config)
+    try:
+        for i, frame in enumerate(frames[:4]):
+            engine.ingest(frame, i * 100_000_000)
+            assert engine.wait_prefetched(WAIT_S)
+        stats = engine.stats()
+        assert (stats.prefix_cache.misses, stats.prefix_cache.extensions, stats.prefix_cache.hits) == (1, 3, 0)
+        assert (stats.prefix_prefetches, stats.prefix_prefetch_failures) == (4, 0)
+
+        ids = {}
+        warm = engine.submit(QUESTION, on_token=lambda t, _text: ids.__setitem__('warm', t)).result(WAIT_S).answer
+        unc = cold.submit(QUESTION, on_token=lambda t, _text: ids.__setitem__('cold', t)).result(WAIT_S).answer
+        assert ids['warm'] == ids['cold'] and len(ids['warm']) > 0 and warm.text == unc.text
+        assert engine.stats().prefix_cache.hits == 1  # the background's prefix, nothing recomputed
+        # the four frames' visual tokens came from the background's prefix, not from this question
+        assert warm.prefilled_tokens + 4 * pipeline.vlm.config.tokens_per_frame <= unc.prefilled_tokens
+    finally:
+        engine.close(), cold.close()
+
+
+def test_prefetch_is_off_by_default_and_only_for_keyframes(pipeline, frames):
+    for config in (dict(), dict(prefix_prefetch=True), dict(frame_selection='keyframes')):
+        engine = engine_with(pipeline, frames[:2], **config)
+        try:
+            assert engine.wait_prefetched(0)
+            stats = engine.stats()
+            assert stats.prefix_prefetches == 0 and stats.prefix_cache.misses == 0
+        finally:
+            engine.close()
+
+
 def test_cancel_mid_generation_stops_within_one_token_and_frees_the_slot(pipeline, frames):
     engine = engine_with(pipeline, frames, query_queue_depth=0)
     tokens_seen, holder, ready = [], {}, threading.Event()

@@ -153,6 +153,19 @@ def test_window_is_bounded_at_capacity(pipeline, frames):
     assert result.answer.frames_used == 3
 
 
+def test_window_holds_only_what_it_reports(geometry_pipeline, frames):
+    """A window entry's tensors own exactly their bytes: none is a view that keeps a bigger model
+    output alive (CUT3R's camera token is a slice of the whole decoder output), so window_bytes
+    is the window's real memory."""
+    engine = make_engine(geometry_pipeline)
+    ingest_all(engine, frames[:2])
+    for entry in engine._window:
+        f = entry.features
+        for name, t in (('visual_tokens', f.visual_tokens), ('camera_token', f.camera_token), ('c2w', f.c2w)):
+            assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), name
+    assert engine.stats().bytes_per_frame == f.nbytes()
+
+
 def test_keyframe_stride_keeps_every_kth_frame_but_every_frame_advances_cut3r(geometry_pipeline, frames):
     strided = make_engine(geometry_pipeline, keyframe_stride=2)
     every = make_engine(geometry_pipeline)

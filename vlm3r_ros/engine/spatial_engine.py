@@ -13,6 +13,9 @@
   visual prefix from the :class:`~vlm3r_ros.engine.prefix_cache.PrefixCache` (or computes it)
   and runs the LLM on the question only. Ingestion keeps going meanwhile.
   ``query(...)`` is ``submit(...).result()``; ``close()`` answers everything ``SHUTTING_DOWN``.
+* ``prefix_prefetch`` (with ``keyframes``): after each new keyframe a background thread extends
+  the cached prefix of the default question (``default_max_frames``, the whole window) while no
+  question waits or runs, so the next question pays only for its own tokens.
 * ``reset()`` — clears the CUT3R state and the window; a new segment starts.
 
 Errors are :class:`EngineError` with a stable UPPER_CASE ``code``.
@@ -57,6 +60,7 @@ class EngineConfig:
     query_queue_timeout: float = 60.0  # seconds a question may wait before QUEUE_TIMEOUT; 0 = no limit
     prefix_cache_mb: float = 1024.0  # visual-prefix KV cache bound; 0 = off
     frame_selection: str = "uniform"  # "uniform" (official) or "keyframes" (stream: append-only prefix)
+    prefix_prefetch: bool = False  # keyframes: extend the cached prefix in the background while no question runs
 
     def validate(self) -> "EngineConfig":
         checks = [
@@ -124,6 +128,8 @@ class EngineStats:
     queries_invalid: int = 0  # refused by the request checks before admission
     queue: QueueStats | None = None
     prefix_cache: PrefixCacheStats | None = None
+    prefix_prefetches: int = 0  # prefixes computed in the background (prefix_prefetch)
+    prefix_prefetch_failures: int = 0
     last_c2w: torch.Tensor | None = field(default=None, repr=False)
 
 
@@ -139,6 +145,14 @@ class SpatialEngine:
         self._window: deque[WindowEntry] = deque(maxlen=self.config.window_capacity)
         self._stream = pipeline.new_stream()
         self._stats = EngineStats(window_capacity=self.config.window_capacity)
+        # Background prefix extension: only where the prefix is append-only and lives in this process.
+        self._prefetch_cond = threading.Condition()
+        self._prefetch_pending = self._prefetch_running = False
+        self._prefetch_thread = None
+        if (self.config.prefix_prefetch and self.config.frame_selection == "keyframes" and self._prefixes.enabled
+                and pipeline.llm.name == "local"):
+            self._prefetch_thread = threading.Thread(target=self._prefetch_loop, name="prefix_prefetch", daemon=True)
+            self._prefetch_thread.start()
 
     # ---------------------------------------------------------------- ingest
     def ingest(self, image, stamp_ns: int, *, points: bool | None = None) -> IngestResult:
@@ -169,7 +183,11 @@ class SpatialEngine:
             self._stats.last_step_seconds = features.ingest_seconds
             self._stats.last_c2w = features.c2w
             self._stats.bytes_per_frame = features.nbytes()
-            return IngestResult(index, int(stamp_ns), features.ingest_seconds, kept, features.c2w, segment, *geometry)
+        if kept and self._prefetch_thread is not None:
+            with self._prefetch_cond:
+                self._prefetch_pending = True
+                self._prefetch_cond.notify_all()
+        return IngestResult(index, int(stamp_ns), features.ingest_seconds, kept, features.c2w, segment, *geometry)
 
     # ----------------------------------------------------------------- query
     def submit(self, question: str, options: list[str] | None = None, *, answer_type: str = "",
@@ -201,24 +219,76 @@ class SpatialEngine:
     def close(self, timeout: float | None = 30.0) -> bool:
         """Refuse new questions and answer the waiting and running ones SHUTTING_DOWN (running ones stop
         after their decoding step in progress). True when the query threads ended in time."""
-        return self._queue.close(timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        done = self._queue.close(timeout)
+        if self._prefetch_thread is not None:
+            with self._prefetch_cond:
+                self._prefetch_cond.notify_all()
+            self._prefetch_thread.join(None if end is None else max(end - time.monotonic(), 0.0))
+            done = done and not self._prefetch_thread.is_alive()
+        return done
+
+    def wait_prefetched(self, timeout: float | None = None) -> bool:
+        """Wait until the background prefetch has nothing left to do (True) or ``timeout`` passes (False).
+        True at once when ``prefix_prefetch`` is off."""
+        with self._prefetch_cond:
+            return self._prefetch_cond.wait_for(
+                lambda: self._prefetch_thread is None or self._queue.closed
+                or not (self._prefetch_pending or self._prefetch_running), timeout)
+
+    def _prefetch_loop(self) -> None:
+        """Extend the default question's prefix after new keyframes, while no question waits or runs."""
+        while True:
+            with self._prefetch_cond:
+                while not self._prefetch_pending and not self._queue.closed:
+                    self._prefetch_cond.wait()
+                if self._queue.closed:
+                    self._prefetch_cond.notify_all()
+                    return
+                queue = self._queue.stats()
+                if queue.waiting or queue.running:  # questions first: they extend the prefix themselves
+                    self._prefetch_cond.wait(PREFETCH_RECHECK_S)
+                    continue
+                self._prefetch_pending, self._prefetch_running = False, True
+            ok = False
+            try:
+                segment, oldest, entries = self._select(self.config.default_max_frames, 0.0)
+                self._prefix(segment, oldest, entries)
+                ok = True
+            except Exception:  # noqa: BLE001 - a failed prefetch only means the next question computes it
+                pass
+            with self._prefetch_cond:
+                self._prefetch_running = False
+                with self._lock:
+                    if ok:
+                        self._stats.prefix_prefetches += 1
+                    else:
+                        self._stats.prefix_prefetch_failures += 1
+                self._prefetch_cond.notify_all()
+
+    def _prefix(self, segment: int, oldest: int, entries: list[WindowEntry]):
+        """The cached visual prefix of these frames (computed, or extended from a cached one), or None
+        where the cache does not apply. Frees the prefixes that can never be asked for again."""
+        # A prefix with a frame that has left the window can never be asked for again: free it now
+        # (with uniform selection in a stream that is nearly every older prefix).
+        self._prefixes.retain(lambda key: key.segment_id == segment and key.frames[0] >= oldest)
+        # A KV prefix lives in this process's LLM: a remote one (llm_backend openai) prefills itself.
+        if not self._prefixes.enabled or self.pipeline.llm.name != "local":
+            return None
+        vlm = self.pipeline.vlm
+        features = [e.features for e in entries]
+        key = PrefixKey(segment, tuple(e.index for e in entries), str(vlm.dtype).removeprefix("torch."),
+                        f"{self.pipeline.llm.name}:{vlm.device.type}")
+        prefix, _how = self._prefixes.get(key, lambda base: self.pipeline.build_prefix(features, base),
+                                          lambda p: p.nbytes())
+        return prefix
 
     def _answer(self, ticket: Ticket, admitted: float, question, options, answer_type, max_frames,
                 window_seconds, max_new_tokens, on_token) -> QueryResult:
         segment, oldest, entries = self._select(max_frames or self.config.default_max_frames, window_seconds)
         features = [e.features for e in entries]
-        # A prefix with a frame that has left the window can never be asked for again: free it now
-        # (with uniform selection in a stream that is nearly every older prefix).
-        self._prefixes.retain(lambda key: key.segment_id == segment and key.frames[0] >= oldest)
         try:
-            prefix = None
-            # A KV prefix lives in this process's LLM: a remote one (llm_backend openai) prefills itself.
-            if self._prefixes.enabled and self.pipeline.llm.name == "local":
-                vlm = self.pipeline.vlm
-                key = PrefixKey(segment, tuple(e.index for e in entries), str(vlm.dtype).removeprefix("torch."),
-                                f"{self.pipeline.llm.name}:{vlm.device.type}")
-                prefix, _how = self._prefixes.get(key, lambda base: self.pipeline.build_prefix(features, base),
-                                                  lambda p: p.nbytes())
+            prefix = self._prefix(segment, oldest, entries)
             ticket.raise_if_cancelled()
             answer = self.pipeline.answer(features, question, options or None, answer_type=answer_type or "auto",
                                           max_new_tokens=max_new_tokens or self.config.default_max_new_tokens,
@@ -294,7 +364,9 @@ class SpatialEngine:
                                window_bytes=size * s.bytes_per_frame, bytes_per_frame=s.bytes_per_frame,
                                last_step_seconds=s.last_step_seconds, queries_answered=queue.succeeded,
                                queries_refused=queue.refused_busy, queries_invalid=self._invalid, queue=queue,
-                               prefix_cache=self._prefixes.stats(), last_c2w=s.last_c2w)
+                               prefix_cache=self._prefixes.stats(), prefix_prefetches=s.prefix_prefetches,
+                               prefix_prefetch_failures=s.prefix_prefetch_failures, last_c2w=s.last_c2w)
 
 
 MAX_IMAGE_PIXELS = 4096 * 4096
+PREFETCH_RECHECK_S = 0.05  # while questions wait or run, the background prefetch looks again this often

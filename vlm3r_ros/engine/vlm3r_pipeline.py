@@ -101,7 +101,10 @@ class Vlm3rPipeline:
         pooled = self.vlm.frame_features(siglip[None], step.camera_token[None], step.patch_tokens[None])[0]
         if pooled.device.type == "cuda":
             torch.cuda.synchronize(pooled.device)  # so ingest_seconds covers the VLM half too
-        features = FrameFeatures(pooled, step.camera_token, ingest_seconds=time.perf_counter() - start)
+        # clone: CUT3R's camera token is a view into the whole decoder output (1 + patches tokens);
+        # kept as a view, every frame in the window would hold all of it alive (at 768 wide and 729
+        # patches: 2.2 MB per frame, not the 3 KB FrameFeatures.nbytes() reports)
+        features = FrameFeatures(pooled, step.camera_token.clone(), ingest_seconds=time.perf_counter() - start)
         if step.heads is not None:
             h = step.heads
             features.c2w = h.camera_c2w[0]

@@ -172,6 +172,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "'uniform' (the official even spread over the window) or 'keyframes' (every s-th frame of the "
               "segment, s doubling as needed: the cached prefix grows by appending; see docs/query.md).",
               choices=("uniform", "keyframes")),
+    ParamSpec("prefix_prefetch", _ENGINE_DEFAULTS.prefix_prefetch, "With frame_selection 'keyframes': after "
+              "each new keyframe, extend the cached prefix of a default question (default_max_frames, whole "
+              "window) in the background while no question waits or runs, so the next question prefills only "
+              "its own text. Costs LLM compute between questions."),
     # -- outputs
     ParamSpec("world_frame_id", "vlm3r_world", "Fixed frame of poses, path, points and state (REP 103 "
               "axes: x forward, y left, z up, as seen by the segment's first camera).", read_only=False,
@@ -269,6 +273,7 @@ class NodeSettings:
     query_queue_timeout: float
     prefix_cache_mb: float
     frame_selection: str
+    prefix_prefetch: bool
     state_period: float
     diagnostics_period: float
 
@@ -282,7 +287,8 @@ class NodeSettings:
                               max_concurrent_queries=self.max_concurrent_queries,
                               query_queue_depth=self.query_queue_depth,
                               query_queue_timeout=self.query_queue_timeout,
-                              prefix_cache_mb=self.prefix_cache_mb, frame_selection=self.frame_selection)
+                              prefix_cache_mb=self.prefix_cache_mb, frame_selection=self.frame_selection,
+                              prefix_prefetch=self.prefix_prefetch)
         try:
             return config.validate()
         except ValueError as exc:
@@ -1032,4 +1038,5 @@ def query_diagnostics(stats, received: int, not_active: int) -> dict:
         "prefix_cache_misses": c.misses,
         "prefix_cache_extensions": c.extensions,
         "prefix_cache_evictions": c.evictions,
+        "prefix_cache_prefetches": stats.prefix_prefetches,
     }
