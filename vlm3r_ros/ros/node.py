@@ -941,13 +941,14 @@ class SpatialNode(LifecycleNode):
         finally:
             with self._lock:
                 self._goal_tickets.pop(goal_id, None)
-                self._early_cancels.discard(goal_id)
-        if result.success:
-            goal_handle.succeed()
-        elif goal_handle.is_cancel_requested and result.error.startswith("CANCELLED"):
-            goal_handle.canceled()
-        else:
-            goal_handle.abort()
+        with self._lock:  # terminal state and forgetting at once: a later cancel finds the goal inactive (_on_cancel)
+            if result.success:
+                goal_handle.succeed()
+            elif goal_handle.is_cancel_requested and result.error.startswith("CANCELLED"):
+                goal_handle.canceled()
+            else:
+                goal_handle.abort()
+            self._early_cancels.discard(goal_id)
         result.latency_s = time.perf_counter() - start
         return result
 
@@ -955,7 +956,7 @@ class SpatialNode(LifecycleNode):
         goal_id = bytes(goal_handle.goal_id.uuid)
         with self._lock:
             ticket = self._goal_tickets.get(goal_id)
-            if ticket is None:
+            if ticket is None and goal_handle.is_active:  # not admitted yet (an ended goal is never remembered)
                 self._early_cancels.add(goal_id)
         if ticket is not None:
             ticket.cancel()  # waiting: leaves the queue; running: stops after the step in progress
