@@ -88,7 +88,7 @@ def rss_mib(pid: int) -> float:
 # ------------------------------------------------------------------ engine step alone
 def engine_step_alone(params: dict, frames, n: int) -> list[float]:
     """SpatialEngine.ingest in this process, as the node builds it from the same parameters."""
-    from vlm3r_ros.ros.node import PARAMETERS, NodeSettings, build_engine
+    from vlm3r_ros.ros.node_settings import PARAMETERS, NodeSettings, build_engine
 
     values = {p.name: p.default for p in PARAMETERS}
     values.update({k: v for k, v in params.items() if k in values})

@@ -64,7 +64,7 @@ def image_msg(rgb, stamp_ns):
 # ------------------------------------------------------------------ the local reference, in this process
 def node_settings(**changes):
     """The node's settings for config/tiny.yaml (+ changes), as vlm3r-node reads them."""
-    from vlm3r_ros.ros.node import PARAMETERS, NodeSettings
+    from vlm3r_ros.ros.node_settings import PARAMETERS, NodeSettings
 
     values = {p.name: p.default for p in PARAMETERS}
     values.update(TINY)
@@ -74,7 +74,7 @@ def node_settings(**changes):
 
 def local_engine():
     """The local backend's engine built as the node builds it (tiny random, seed 0)."""
-    from vlm3r_ros.ros.node import build_engine
+    from vlm3r_ros.ros.node_settings import build_engine
 
     return build_engine(node_settings(geometry=False))
 
@@ -83,7 +83,7 @@ def local_engine():
 def tiny_pipelines(llm_server):
     """(local, openai) Vlm3rPipelines on the same tiny random weights; openai's has no LLM layers."""
     from vlm3r_ros.engine.llm_backend import OpenAiLlm
-    from vlm3r_ros.ros.node import build_engine
+    from vlm3r_ros.ros.node_settings import build_engine
 
     local = build_engine(node_settings(geometry=False)).pipeline
     remote = build_engine(node_settings(geometry=False, llm_backend='openai', llm_url=llm_server.url,

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from vlm3r_ros.ros import FASTDDS_PROFILES_ENV, apply_transport_setting, fastdds_profile_path
-from vlm3r_ros.ros.node import PARAMETER_NAMES, PARAMETERS, NodeSettings, check_parameter
+from vlm3r_ros.ros.node_settings import PARAMETER_NAMES, PARAMETERS, NodeSettings, check_parameter
 from vlm3r_ros.ros.sim_bridge import PARAMETER_NAMES as BRIDGE_PARAMETER_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -345,7 +345,7 @@ def settings(**overrides):
 
 
 def test_real_weights_need_every_path_and_name_the_missing_one(tmp_path):
-    from vlm3r_ros.ros.node import ConfigError, build_engine
+    from vlm3r_ros.ros.node_settings import ConfigError, build_engine
 
     with pytest.raises(ConfigError, match="parameter 'cut3r_weights' is empty.*model_source to tiny_random"):
         build_engine(settings(device='cpu'))
@@ -365,7 +365,7 @@ def test_real_weights_need_every_path_and_name_the_missing_one(tmp_path):
     ('{"fusion_num_heads": 0}', 'fusion_num_heads=0: must be a positive integer'),
 ])
 def test_bad_config_overrides_are_refused_at_configure_before_loading(value, message):
-    from vlm3r_ros.ros.node import ConfigError, build_engine
+    from vlm3r_ros.ros.node_settings import ConfigError, build_engine
 
     # refused before the weight paths are even looked at (they are empty here)
     with pytest.raises(ConfigError) as info:
@@ -375,7 +375,7 @@ def test_bad_config_overrides_are_refused_at_configure_before_loading(value, mes
 
 def test_unreadable_weights_are_a_configuration_error(tmp_path):
     from vlm3r_ros.models.vlm.tokenizer import save_tokenizer_json
-    from vlm3r_ros.ros.node import ConfigError, build_engine
+    from vlm3r_ros.ros.node_settings import ConfigError, build_engine
 
     cut3r = tmp_path / 'cut3r.safetensors'
     cut3r.write_bytes(b'not a checkpoint')
@@ -386,7 +386,7 @@ def test_unreadable_weights_are_a_configuration_error(tmp_path):
 
 
 def test_inconsistent_window_settings_are_refused_before_loading():
-    from vlm3r_ros.ros.node import ConfigError, build_engine
+    from vlm3r_ros.ros.node_settings import ConfigError, build_engine
 
     with pytest.raises(ConfigError, match='default_max_frames must be in 1..window_capacity'):
         build_engine(settings(model_source='tiny_random', window_capacity=4, default_max_frames=8))
@@ -395,7 +395,7 @@ def test_inconsistent_window_settings_are_refused_before_loading():
 def test_cuda_without_a_gpu_is_refused():
     import torch
 
-    from vlm3r_ros.ros.node import ConfigError, build_engine
+    from vlm3r_ros.ros.node_settings import ConfigError, build_engine
 
     if torch.cuda.is_available():
         pytest.skip('this machine has CUDA')

@@ -214,7 +214,7 @@ def test_no_server_is_llm_unavailable_after_the_retries(robot):
 def test_tool_options_and_node_parameters(tmp_path, capsys):
     import argparse
 
-    from vlm3r_ros.ros.node import check_parameter
+    from vlm3r_ros.ros.node_settings import check_parameter
     from vlm3r_ros.tools import ask, eval as eval_tool
     from vlm3r_ros.tools.llm_args import add_llm_arguments, node_llm_parameters, openai_settings
 

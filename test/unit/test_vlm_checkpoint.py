@@ -739,7 +739,7 @@ def test_vlm3r_eval_passes_the_overrides_to_the_loader(cli_weights, tmp_path, ca
 
 
 def test_node_loads_with_the_vlm_config_overrides_parameter(cli_weights):
-    from vlm3r_ros.ros.node import PARAMETERS, ConfigError, NodeSettings, build_engine
+    from vlm3r_ros.ros.node_settings import PARAMETERS, ConfigError, NodeSettings, build_engine
 
     base, adapter, cut3r = cli_weights
     values = {p.name: p.default for p in PARAMETERS}

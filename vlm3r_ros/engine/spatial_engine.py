@@ -29,7 +29,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 import torch
 
 from vlm3r_ros.engine.errors import EngineError

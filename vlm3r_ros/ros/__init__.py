@@ -1,7 +1,11 @@
 """The ROS 2 layer of vlm3r_ros: the only part of the package that imports rclpy.
 
 * :mod:`vlm3r_ros.ros.node`: ``SpatialNode``, a lifecycle node over the ROS-free
-  :class:`~vlm3r_ros.engine.spatial_engine.SpatialEngine`, and its parameter table.
+  :class:`~vlm3r_ros.engine.spatial_engine.SpatialEngine`.
+* :mod:`vlm3r_ros.ros.node_settings`: its parameter table, validation, and the engine the
+  parameters build.
+* :mod:`vlm3r_ros.ros.client_node`: a client's node in its own context, with bounded waits
+  (the demo, ``vlm3r-eval --live``, the DDS tests).
 * :mod:`vlm3r_ros.ros.conversions`: messages <-> engine values (images, poses, clouds).
 * :mod:`vlm3r_ros.ros.main`: the ``vlm3r-node`` entry point.
 

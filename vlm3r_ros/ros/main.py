@@ -45,7 +45,8 @@ def _run(argv: list[str] | None) -> int:
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.lifecycle import TransitionCallbackReturn
 
-    from vlm3r_ros.ros.node import SpatialNode, executor_threads
+    from vlm3r_ros.ros.node import SpatialNode
+    from vlm3r_ros.ros.node_settings import executor_threads
 
     with ros_process(sys.argv if argv is None else argv, EXIT_FORCED) as (context, stop):
         node = executor = None

@@ -51,7 +51,7 @@ from vlm3r_ros.ros import config_dir
 from vlm3r_ros.ros.demo_client import DemoClient, DemoError
 from vlm3r_ros.ros.launching import (Child, ParamsFileError, child_environment, console_script, read_node_params,
                                      weights_description)
-from vlm3r_ros.ros.node import PARAMETERS
+from vlm3r_ros.ros.node_settings import PARAMETERS
 
 BANNER = "=" * 78
 REAL_WEIGHTS_HINT = "vlm3r-cut3r --weights /path/cut3r_512_dpt_4_64.pth --input VIDEO --out DIR"

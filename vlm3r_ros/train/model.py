@@ -123,7 +123,6 @@ class TrainableVlm3r(nn.Module):
     def forward(self, input_ids: list[torch.Tensor], labels: list[torch.Tensor],
                 pixels: list[torch.Tensor] | None = None, vision: list[torch.Tensor] | None = None,
                 camera: list[torch.Tensor] | None = None, patch: list[torch.Tensor] | None = None) -> dict:
-        embed = self.vlm.llm.get_input_embeddings()
         rows, targets = [], []
         for i, ids in enumerate(input_ids):
             if vision is not None:
