@@ -109,25 +109,17 @@ class Probe:
     """Subscribes to the node's ~/pose and ~/state; calls spatial_query. Spins in a thread."""
 
     def __init__(self):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
+        from vlm3r_ros.ros.client_node import ClientNode
         from vlm3r_ros.srv import SpatialQuery
 
-        self.rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(args=None, context=self.context)
-        self.node = rclpy.create_node("vlm3r_bench", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        self.ros = ClientNode("vlm3r_bench")
+        self.node = self.ros.node
         self.query_client = self.node.create_client(SpatialQuery, "spatial_query")
         self.lock = threading.Lock()
         self.pose_arrivals = {}  # stamp_ns -> arrival time.time_ns()
         self.steps = {}  # stamp_ns -> node step seconds (from ~/state)
         self.state_arrivals = {}  # stamp_ns -> arrival time.time_ns() of the first ~/state with it
         self.last_state = None
-        self._thread = None
-        self._stop = threading.Event()
 
     def discover(self, node: Child, timeout: float) -> tuple[str, str]:
         from geometry_msgs.msg import PoseStamped
@@ -142,7 +134,7 @@ class Probe:
                 raise RuntimeError(f"the node exited:\n{node.tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the node did not come up in {timeout:g} s:\n{node.tail()}")
-            self.executor.spin_once(timeout_sec=0.1)
+            self.ros.executor.spin_once(timeout_sec=0.1)
             topics = dict(self.node.get_topic_names_and_types())
             pose_topic = next((t for t, ty in topics.items() if POSE_TYPE in ty and t.endswith("/pose")), None)
             state_topic = next((t for t, ty in topics.items() if STATE_TYPE in ty), None)
@@ -150,13 +142,8 @@ class Probe:
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
         self.node.create_subscription(PoseStamped, pose_topic, self._on_pose, qos)
         self.node.create_subscription(SpatialState, state_topic, self._on_state, qos)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
+        self.ros.spin_in_background("vlm3r-bench-probe")
         return pose_topic, state_topic
-
-    def _spin(self):
-        while not self._stop.is_set():
-            self.executor.spin_once(timeout_sec=0.05)
 
     def _on_pose(self, msg):
         now = time.time_ns()
@@ -219,12 +206,7 @@ class Probe:
         return rows
 
     def close(self):
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.try_shutdown(context=self.context)
+        self.ros.close(timeout_s=5.0)
 
 
 # ------------------------------------------------------------------ phases

@@ -13,19 +13,17 @@ import math
 import re
 import signal
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from action_msgs.msg import GoalStatus
 from rclpy.action import ActionClient
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from vlm3r_ros.action import SpatialQuery as SpatialQueryAction
+from vlm3r_ros.ros.client_node import ClientNode
 from vlm3r_ros.srv import SpatialQuery
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(300)]
@@ -64,16 +62,12 @@ def frames(node_proc, start_child, tmp_path_factory):
 
 
 class Clients:
-    """``n`` client nodes (default service QoS) and a /diagnostics subscription, on one executor."""
+    """``n`` client nodes (KEEP_ALL service QoS) and a /diagnostics subscription, on one executor."""
 
     def __init__(self, node_proc, n=4):
         self.node_proc = node_proc
-        self.context = rclpy.Context()
-        rclpy.init(args=None, context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.nodes = [rclpy.create_node(f'vlm3r_qq_client_{i}', context=self.context) for i in range(n)]
-        for node in self.nodes:
-            self.executor.add_node(node)
+        self.ros = ClientNode('vlm3r_qq_client_0')
+        self.nodes = [self.ros.node] + [self.ros.add_node(f'vlm3r_qq_client_{i}') for i in range(1, n)]
         # A client's own DDS reader keeps only `depth` responses it has not taken yet (10 by default;
         # with Fast DDS it also sees the responses to the other clients of the service), so a client
         # with many questions outstanding loses answers the node did send unless it keeps all.
@@ -86,20 +80,11 @@ class Clients:
 
     def close(self):
         self.action.destroy()
-        self.executor.shutdown()
-        for node in self.nodes:
-            node.destroy_node()
-        rclpy.shutdown(context=self.context)
+        self.ros.close()
 
     def spin_until(self, done, what, timeout=WAIT_S, node_must_run=True, progress=lambda: ''):
-        deadline = time.monotonic() + timeout
-        while not done():
-            if node_must_run and not self.node_proc.running():
-                pytest.fail(f'{what}: the node exited. {progress()} {self.node_proc.describe()}')
-            if time.monotonic() > deadline:
-                pytest.fail(f'{what}: not done after {timeout} s. {progress()} {self.counters()} '
-                            f'Node {self.node_proc.describe()}')
-            self.executor.spin_once(timeout_sec=0.02)
+        self.ros.spin_until(done, timeout, what, watch=[self.node_proc] if node_must_run else (),
+                            details=lambda: f'{progress()} {self.counters()}', step_s=0.02)
 
     def ready(self):
         self.spin_until(lambda: all(c.service_is_ready() for c in self.clients) and self.action.server_is_ready(),
