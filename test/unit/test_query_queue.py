@@ -34,6 +34,15 @@ def code_of(ticket):
     return info.value.code
 
 
+def occupy_worker(queue):
+    """Submit a question that holds the queue's (only) worker until ``release`` is set; returns
+    (its ticket, release) once it runs."""
+    release, started = threading.Event(), threading.Event()
+    running = queue.submit(held_job(release, started))
+    assert started.wait(WAIT_S)
+    return running, release
+
+
 def balanced(stats):
     return stats.admitted == stats.waiting + stats.running + stats.outcomes
 
@@ -55,10 +64,8 @@ def test_fifo_order_and_results():
 
 def test_full_queue_is_busy_at_once_and_nothing_else_changes():
     queue = QueryQueue(depth=2, workers=1)
-    release, started = threading.Event(), threading.Event()
-    tickets = [queue.submit(held_job(release, started))]
-    assert started.wait(WAIT_S)
-    tickets += [queue.submit(held_job(release)) for _ in range(2)]
+    running, release = occupy_worker(queue)
+    tickets = [running] + [queue.submit(held_job(release)) for _ in range(2)]
     with pytest.raises(EngineError) as info:
         queue.submit(held_job(release))
     assert info.value.code == 'BUSY' and 'query_queue_depth 2' in info.value.message
@@ -83,9 +90,7 @@ def test_depth_zero_still_admits_while_a_worker_is_free():
 
 def test_waiting_too_long_is_queue_timeout_while_the_worker_stays_busy():
     queue = QueryQueue(depth=4, workers=1, timeout_s=0.2)
-    release, started = threading.Event(), threading.Event()
-    running = queue.submit(held_job(release, started))
-    assert started.wait(WAIT_S)
+    running, release = occupy_worker(queue)
     waiting = queue.submit(held_job(release))
     assert waiting.wait(WAIT_S), 'the timed-out question got no outcome while the worker was busy'
     assert code_of(waiting) == 'QUEUE_TIMEOUT' and not running.done()
@@ -98,9 +103,7 @@ def test_waiting_too_long_is_queue_timeout_while_the_worker_stays_busy():
 
 def test_cancel_waiting_leaves_the_queue_and_running_stops():
     queue = QueryQueue(depth=4, workers=1)
-    release, started = threading.Event(), threading.Event()
-    running = queue.submit(held_job(release, started))
-    assert started.wait(WAIT_S)
+    running, release = occupy_worker(queue)
     waiting = queue.submit(held_job(release))
     assert waiting.cancel() and code_of(waiting) == 'CANCELLED'
     assert queue.stats().waiting == 0
@@ -116,9 +119,7 @@ def test_cancel_waiting_leaves_the_queue_and_running_stops():
 
 def test_close_answers_waiting_and_running_shutting_down_and_refuses_new():
     queue = QueryQueue(depth=4, workers=1)
-    release, started = threading.Event(), threading.Event()
-    running = queue.submit(held_job(release, started))
-    assert started.wait(WAIT_S)
+    running, release = occupy_worker(queue)
     waiting = [queue.submit(held_job(release)) for _ in range(3)]
     assert queue.close(WAIT_S)
     assert [code_of(t) for t in [running, *waiting]] == ['SHUTTING_DOWN'] * 4
