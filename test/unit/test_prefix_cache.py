@@ -312,6 +312,29 @@ def test_background_prefetch_extends_the_prefix_and_answers_token_for_token_as_a
         engine.close(), cold.close()
 
 
+def test_a_failed_prefetch_is_counted_with_its_reason_and_the_question_still_answers(pipeline, frames, monkeypatch,
+                                                                                      caplog):
+    engine = SpatialEngine(pipeline, EngineConfig(window_capacity=16, default_max_new_tokens=6, default_max_frames=8,
+                                                  frame_selection='keyframes', prefix_prefetch=True))
+    build = pipeline.build_prefix
+
+    def broken(*args, **kwargs):
+        raise RuntimeError('out of memory (test)')
+
+    try:
+        monkeypatch.setattr(pipeline, 'build_prefix', broken)
+        engine.ingest(frames[0], 0)
+        assert engine.wait_prefetched(WAIT_S)
+        stats = engine.stats()
+        assert (stats.prefix_prefetches, stats.prefix_prefetch_failures) == (0, 1)
+        assert stats.prefix_prefetch_error == 'RuntimeError: out of memory (test)'
+        assert 'background prefix prefetch failed' in caplog.text and 'out of memory (test)' in caplog.text
+        monkeypatch.setattr(pipeline, 'build_prefix', build)
+        assert engine.query(QUESTION).frames_used == 1
+    finally:
+        engine.close()
+
+
 def test_prefetch_is_off_by_default_and_only_for_keyframes(pipeline, frames):
     for config in (dict(), dict(prefix_prefetch=True), dict(frame_selection='keyframes')):
         engine = engine_with(pipeline, frames[:2], **config)

@@ -23,6 +23,7 @@ Errors are :class:`EngineError` with a stable UPPER_CASE ``code``.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -41,6 +42,7 @@ from vlm3r_ros.models.cut3r.processing import ImageFormatError
 from vlm3r_ros.models.vlm.modeling_vlm3r import Vlm3rInputError
 
 ANSWER_TYPES = ("auto", "choice", "number", "text")
+log = logging.getLogger(__name__)
 __all__ = ["EngineError", "EngineConfig", "SpatialEngine", "QueryResult", "Ticket"]
 
 
@@ -129,6 +131,7 @@ class EngineStats:
     prefix_cache: PrefixCacheStats | None = None
     prefix_prefetches: int = 0  # prefixes computed in the background (prefix_prefetch)
     prefix_prefetch_failures: int = 0
+    prefix_prefetch_error: str = ""  # why the last background prefetch failed ("" if none has)
     last_c2w: torch.Tensor | None = field(default=None, repr=False)
 
 
@@ -249,20 +252,22 @@ class SpatialEngine:
                     self._prefetch_cond.wait(PREFETCH_RECHECK_S)
                     continue
                 self._prefetch_pending, self._prefetch_running = False, True
-            ok = False
+            error = ""
             try:
                 segment, oldest, entries = self._select(self.config.default_max_frames, 0.0)
                 self._prefix(segment, oldest, entries)
-                ok = True
-            except Exception:  # noqa: BLE001 - a failed prefetch only means the next question computes it
-                pass
+            except Exception as exc:  # noqa: BLE001 - the next question computes its prefix itself
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("background prefix prefetch failed (the next question computes its prefix): %s",
+                            error, exc_info=True)
             with self._prefetch_cond:
                 self._prefetch_running = False
                 with self._lock:
-                    if ok:
-                        self._stats.prefix_prefetches += 1
-                    else:
+                    if error:
                         self._stats.prefix_prefetch_failures += 1
+                        self._stats.prefix_prefetch_error = error
+                    else:
+                        self._stats.prefix_prefetches += 1
                 self._prefetch_cond.notify_all()
 
     def _prefix(self, segment: int, oldest: int, entries: list[WindowEntry]):
@@ -364,7 +369,8 @@ class SpatialEngine:
                                last_step_seconds=s.last_step_seconds, queries_answered=queue.succeeded,
                                queries_refused=queue.refused_busy, queries_invalid=self._invalid, queue=queue,
                                prefix_cache=self._prefixes.stats(), prefix_prefetches=s.prefix_prefetches,
-                               prefix_prefetch_failures=s.prefix_prefetch_failures, last_c2w=s.last_c2w)
+                               prefix_prefetch_failures=s.prefix_prefetch_failures,
+                               prefix_prefetch_error=s.prefix_prefetch_error, last_c2w=s.last_c2w)
 
 
 MAX_IMAGE_PIXELS = 4096 * 4096

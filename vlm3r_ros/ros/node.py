@@ -732,4 +732,6 @@ def query_diagnostics(stats, received: int, not_active: int) -> dict:
         "prefix_cache_extensions": c.extensions,
         "prefix_cache_evictions": c.evictions,
         "prefix_cache_prefetches": stats.prefix_prefetches,
+        "prefix_cache_prefetch_failures": stats.prefix_prefetch_failures,
+        "prefix_cache_prefetch_error": stats.prefix_prefetch_error or "none",
     }
