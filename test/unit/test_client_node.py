@@ -29,11 +29,13 @@ def test_spin_until_returns_when_done_and_close_is_idempotent():
 
 
 def test_a_watched_process_that_exited_ends_the_wait_with_its_description():
+    exited = Proc(False)
     with ClientNode('vlm3r_client_node_test') as ros:
         with pytest.raises(ProcessExited, match=r'^the answer: a process exited first\. 2 of 3 done\. '
-                                                r'child x \(pid 1, exited with 3\); its output: boom$'):
-            ros.spin_until(lambda: False, 30.0, 'the answer', watch=[Proc(True, 'alive'), Proc(False)],
+                                                r'child x \(pid 1, exited with 3\); its output: boom$') as info:
+            ros.spin_until(lambda: False, 30.0, 'the answer', watch=[Proc(True, 'alive'), exited],
                            details=lambda: '2 of 3 done')
+    assert info.value.process is exited
 
 
 def test_a_timeout_names_what_was_awaited_and_every_watched_process():

@@ -31,7 +31,9 @@ class WaitTimeout(WaitError):
 
 
 class ProcessExited(WaitError):
-    pass
+    def __init__(self, message: str, process: "Watched"):
+        super().__init__(message)
+        self.process = process  # the watched process that was not running
 
 
 class Watched(Protocol):
@@ -83,7 +85,7 @@ class ClientNode:
         while not done():
             for proc in watch:
                 if not proc.running():
-                    raise ProcessExited(self._message(f"{what}: a process exited first", details, (proc,)))
+                    raise ProcessExited(self._message(f"{what}: a process exited first", details, (proc,)), proc)
             if time.monotonic() > deadline:
                 raise WaitTimeout(self._message(f"{what}: not done after {timeout_s:g} s", details, watch))
             self.executor.spin_once(timeout_sec=step_s)

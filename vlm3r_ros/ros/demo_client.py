@@ -36,8 +36,8 @@ class DemoClient:
     def spin_until(self, done, timeout_s: float, children: list[Child], what: str):
         try:
             self.ros.spin_until(done, timeout_s, what, watch=children)
-        except ProcessExited:
-            child = next(c for c in children if not c.running())
+        except ProcessExited as exc:
+            child = exc.process
             raise DemoError(f"{child.name} exited with status {child.proc.returncode} while {what}") from None
         except WaitError:
             raise DemoError(f"timed out after {timeout_s:g} s {what}") from None
