@@ -133,10 +133,15 @@ def test_refused_encodings_say_why(encoding, reason):
         encode_rgb(smooth_rgb(4, 4), encoding)
 
 
-def test_encoding_names_are_matched_case_insensitively():
-    rgb = smooth_rgb(4, 6)
-    data, step = encode_rgb(rgb, 'bgr8')
-    np.testing.assert_array_equal(decode_rgb(data, 4, 6, step, 'BGR8'), rgb)
+@pytest.mark.parametrize('encoding', ['BGR8', 'Rgb8', 'MONO16', 'Bayer_rggb8', 'YUYV'])
+def test_encoding_names_are_case_sensitive_as_in_cv_bridge(encoding):
+    # cv_bridge compares names exactly (encoding == enc::BGR8): 'BGR8' would fail in any other ROS
+    # node, so it is refused here too, naming the spelling to publish
+    data, step = encode_rgb(smooth_rgb(4, 6), encoding.lower())
+    with pytest.raises(ImageEncodingError, match=f"case-sensitive.*publish '{encoding.lower()}'"):
+        decode_rgb(data, 4, 6, step, encoding)
+    with pytest.raises(ImageEncodingError, match='case-sensitive'):
+        encode_rgb(smooth_rgb(4, 6), encoding)
 
 
 @pytest.mark.parametrize('case, reason', [

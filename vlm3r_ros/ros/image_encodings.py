@@ -9,7 +9,9 @@ cv_bridge/src/cv_bridge.cpp: ``getConversionCodes``, ``getConversionCode``, ``ma
   ``_YUY2``, mono -> ``GRAY2RGB``, alpha dropped), at the source bit depth;
 * then 16-bit to 8-bit by ``value * 255 / 65535``, rounded and saturated (``convertTo``);
 * multi-byte samples read in the byte order ``is_bigendian`` names;
-* ``data`` must be exactly ``step * height`` bytes (cv_bridge: "height * step != size").
+* ``data`` must be exactly ``step * height`` bytes (cv_bridge: "height * step != size");
+* encoding names match exactly, as cv_bridge compares them (``encoding == enc::RGB8``):
+  ``RGB8`` is refused, with a hint naming ``rgb8``.
 
 Refused, with the reason, as cv_bridge refuses them: the generic OpenCV types (``8UC3``,
 ``8UC1``, ``16UC1``, ``32FC1``, ...: "not a color format", nothing says which channel is
@@ -89,9 +91,12 @@ _SCALE_16_TO_8 = 255.0 / 65535.0  # cv_bridge's convertTo factor
 
 def refusal_reason(encoding: str) -> str | None:
     """Why ``encoding`` is refused, or None when it is converted."""
-    if encoding in LAYOUTS or encoding.lower() in LAYOUTS:
+    if encoding in LAYOUTS:
         return None
     hint = "publish rgb8, bgr8, mono8, yuyv, a bayer_* or a 16-bit colour encoding"
+    if encoding.lower() in LAYOUTS:  # a driver elsewhere would fail on it too: tell, do not guess
+        return (f"encoding {encoding!r} is not a sensor_msgs encoding name: names are case-sensitive "
+                f"(cv_bridge compares them exactly); publish {encoding.lower()!r}")
     if _GENERIC_RE.match(encoding):
         return (f"encoding {encoding!r} is a generic OpenCV type, not a colour format: nothing says which channel "
                 f"is which, and cv_bridge refuses to convert it to rgb8 too; {hint}")
@@ -101,11 +106,11 @@ def refusal_reason(encoding: str) -> str | None:
 
 
 def layout(encoding: str) -> Layout:
-    """The Layout of ``encoding`` (case-insensitive); ImageEncodingError with the reason if refused."""
+    """The Layout of ``encoding`` (an exact name); ImageEncodingError with the reason if refused."""
     reason = refusal_reason(encoding)
     if reason is not None:
         raise ImageEncodingError(reason)
-    return LAYOUTS.get(encoding) or LAYOUTS[encoding.lower()]
+    return LAYOUTS[encoding]
 
 
 def decode_rgb(data, height: int, width: int, step: int, encoding: str, is_bigendian: bool = False,
@@ -136,7 +141,7 @@ def decode_rgb(data, height: int, width: int, step: int, encoding: str, is_bigen
     if lay.channels == 2 and width % 2:
         raise ImageEncodingError(f"{encoding} packs two pixels in four bytes: the width must be even, "
                                  f"got {width}")
-    if encoding.lower().startswith("bayer_") and min(width, height) < 3:  # OpenCV returns black, no error
+    if encoding.startswith("bayer_") and min(width, height) < 3:  # OpenCV returns black, no error
         raise ImageEncodingError(f"{encoding}: demosaicing needs at least 3x3 pixels, got {width}x{height}")
     rows = np.frombuffer(data, dtype=np.uint8, count=step * height).reshape(height, step)[:, :row]
     if lay.depth_bytes == 2:
@@ -168,13 +173,12 @@ def encode_rgb(rgb: np.ndarray, encoding: str, big_endian: bool = sys.byteorder 
     ``is_bigendian``).
     """
     lay = layout(encoding)
-    name = encoding.lower()
     rgb = np.ascontiguousarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"encode_rgb needs RGB uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
     src = rgb.astype(np.uint16) * 257 if lay.depth_bytes == 2 else rgb
-    if name.startswith("bayer_"):
-        pattern = name[len("bayer_"):].rstrip("0123456789")  # e.g. "rggb": row 0 = R G, row 1 = G B
+    if encoding.startswith("bayer_"):
+        pattern = encoding[len("bayer_"):].rstrip("0123456789")  # e.g. "rggb": row 0 = R G, row 1 = G B
         index = {"r": 0, "g": 1, "b": 2}
         pixels = np.empty(src.shape[:2], dtype=src.dtype)
         for k, colour in enumerate(pattern):  # the four sites of the 2x2 filter tile
