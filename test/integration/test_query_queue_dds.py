@@ -10,6 +10,7 @@ mid-generation, and an action goal and a service request at once. The last test 
 no assertion is about timing.
 """
 import math
+import os
 import re
 import signal
 import sys
@@ -168,8 +169,45 @@ def test_100_questions_from_4_clients_at_once_all_get_one_response(clients):
     assert (delta['queries_answered'], delta['queries_refused_busy'], delta['queries_timed_out']) == \
         (outcomes['ANSWERED'], outcomes['BUSY'], outcomes['QUEUE_TIMEOUT'])
     assert after['query_queue_depth'] == str(QUEUE_DEPTH)
-    # questions about the same window shared a cached visual prefix
-    assert int(after['prefix_cache_hits']) >= 1 and float(after['prefix_cache_mb']) > 0
+    # No prefix-cache assertion here: at 10 Hz a new frame may reach the window between any two of
+    # the answered questions (uniform selection then picks other frames), so hits depend on timing.
+    # The next test holds the window still.
+
+
+def test_questions_over_an_unchanged_window_share_one_cached_prefix(clients, frames):
+    """The frame stream paused (SIGSTOP to the publisher), three questions at once: one prefix is
+    computed, the other two reuse it."""
+    clients.ready()
+    os.kill(frames.pid, signal.SIGSTOP)
+    try:
+        before = clients.wait_counters(lambda c: True, '/diagnostics')
+        for _ in range(30):  # a frame already in the node's queue is still processed: wait until none comes
+            clients.ros.spin_for(1.0)
+            now = clients.wait_counters(lambda c: True, '/diagnostics')
+            if (now['frames_received'], now['frames_processed']) == \
+                    (before['frames_received'], before['frames_processed']):
+                break
+            before = now
+        else:
+            pytest.fail(f'frames kept arriving for 30 s with the publisher stopped: {now}')
+        futures = [client.call_async(SpatialQuery.Request(question=f'How far is the door? ({k})',
+                                                          answer_type='number', max_new_tokens=4))
+                   for k, client in enumerate(clients.clients[:3])]
+        clients.spin_until(lambda: all(f.done() for f in futures), 'the three answers')
+        responses = [f.result() for f in futures]
+        after = clients.wait_counters(lambda c: c['queries_waiting'] == '0' and c['queries_running'] == '0',
+                                      '/diagnostics after the three questions')
+    finally:
+        os.kill(frames.pid, signal.SIGCONT)
+    assert all(r.success for r in responses), [r.error for r in responses]
+    assert after['frames_processed'] == before['frames_processed']  # the window did not move
+    assert len({(r.frames_used, r.window_start.sec, r.window_start.nanosec, r.window_end.sec,
+                 r.window_end.nanosec) for r in responses}) == 1  # ... and all three used the same frames
+    delta = {k: int(after[f'prefix_cache_{k}']) - int(before[f'prefix_cache_{k}'])
+             for k in ('hits', 'misses', 'extensions')}
+    print('\nprefix cache, three questions over one window:', delta)
+    assert sum(delta.values()) == 3  # one cache look-up per question
+    assert delta['hits'] >= 2 and float(after['prefix_cache_mb']) > 0
 
 
 def test_action_feedback_comes_before_the_result(clients):
