@@ -150,6 +150,37 @@ def test_official_time_instruction_for_a_video_worked_out_by_hand(tmp_path):
         '0.00s,0.75s,1.50s,2.25s.Please answer the following questions related to this video.')
 
 
+@pytest.mark.parametrize('total, num, expected', [
+    (5, 8, [0, 0, 1, 1, 2, 2, 3, 4]),  # linspace(0, 4, 8) = 0, .57, 1.14, 1.71, 2.29, 2.86, 3.43, 4 -> int
+    (100, 4, [0, 33, 66, 99]),  # 0, 33, 66, 99 exactly
+    (6, 2, [0, 5]),
+    (0, 8, []),
+])
+def test_training_samples_exactly_n_frames_as_the_official_force_sample(total, num, expected):
+    from vlm3r_ros.media.frames import uniform_frame_indices
+    from vlm3r_ros.train.data import training_frame_indices
+
+    assert training_frame_indices(total, num) == expected
+    if total >= num:  # the evaluation's sampling is the same there; below it caps at `total` frames
+        assert uniform_frame_indices(total, num) == expected
+
+
+def test_a_clip_shorter_than_the_frame_count_repeats_frames_in_pixels_time_and_cache(data, tmp_path):
+    # room_a has 6 frames; 8 asked: linspace(0, 5, 8) = 0, .71, 1.43, 2.14, 2.86, 3.57, 4.29, 5 -> 0 0 1 2 2 3 4 5,
+    # at 2 fps (a folder): 0.00 0.00 0.50 1.00 1.00 1.50 2.00 2.50 s; the video lasts 6 / 2 = 3.00 s
+    from vlm3r_ros.train.conversation import time_instruction
+    from vlm3r_ros.train.data import clip_timing, read_clip
+
+    media = load_mix([parse_source(str(data))])[0].media
+    pixels, indices = read_clip(media, 8)
+    assert indices == [0, 0, 1, 2, 2, 3, 4, 5] and pixels.shape[0] == 8
+    assert torch.equal(pixels[0], pixels[1]) and not torch.equal(pixels[1], pixels[2])
+    assert time_instruction(*clip_timing(media, 8)) == (
+        'The video lasts for 3.00 seconds, and 8 frames are uniformly sampled from it. These frames are located at '
+        '0.00s,0.00s,0.50s,1.00s,1.00s,1.50s,2.00s,2.50s.Please answer the following questions related to this '
+        'video.')
+
+
 @pytest.mark.parametrize('turns, message', [
     ([{'from': 'gpt', 'value': 'x'}, {'from': 'human', 'value': 'y'}], "turn 0 is 'assistant'"),
     ([{'from': 'human', 'value': 'q'}], 'user/assistant pairs'),
@@ -243,6 +274,15 @@ def test_cached_features_equal_a_fresh_computation_and_stale_entries_are_refused
 
     with pytest.raises(StaleCacheError, match='frames sampled'):
         cache.reader(base, NF + 1).check_all(samples)
+    shard = cache.shard(samples[0].media)  # a shard written by the first format (short clips sampled otherwise)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(shard), 'pt') as f:
+        old_meta, old_tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(old_tensors, str(shard), metadata={**old_meta, 'format': 'vlm3r-features-1'})
+    with pytest.raises(StaleCacheError, match="cache format 'vlm3r-features-1'.*rebuild"):
+        cache.reader(base, NF).check_all(samples)
+    assert cache.build(samples, base.vlm, base.cut3r, NF)['written'] == 1  # ... and rebuilt
     with torch.no_grad():
         base.vlm.vision_tower.embeddings.patch_embedding.bias[0] += 1e-3
     with pytest.raises(StaleCacheError, match='other SigLIP/CUT3R weights'):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from vlm3r_ros.eval.benchmark import BenchmarkError, SceneMedia, load_benchmark, read_raw_rows, resolve_media
@@ -167,28 +168,42 @@ def check_media(samples: Sequence[TrainSample], max_listed: int = 5) -> None:
 
 
 # ------------------------------------------------------------------- dataset
+def training_frame_indices(total: int, num_frames: int) -> list[int]:
+    """The official training sampling (``--frames_upbound N --force_sample True``; VLM-3R
+    ``llava/utils.py`` ``process_video_with_decord`` and ``scripts/extract_spatial_features.py``):
+    exactly ``np.linspace(0, total-1, N, dtype=int)``, so a clip shorter than N frames gives some
+    frames twice (5 frames, N = 8: 0 0 1 1 2 2 3 4). The evaluation caps N at ``total`` instead
+    (:func:`~vlm3r_ros.media.frames.uniform_frame_indices`); for ``total >= N`` both are the same."""
+    if total <= 0:
+        return []
+    return np.linspace(0, total - 1, num_frames, dtype=int).tolist()
+
+
 def read_clip(media: SceneMedia, num_frames: int) -> tuple[torch.Tensor, list[int]]:
-    """The clip as the evaluation samples it -> SigLIP pixels (F, 3, 384, 384) and the frame indices."""
+    """The clip as the official training samples it -> SigLIP pixels (F, 3, 384, 384) and the
+    frame indices (:func:`training_frame_indices`; an unreadable sampled frame is left out)."""
     from vlm3r_ros.eval.harness import SceneError, load_scene_frames
     from vlm3r_ros.models.cut3r.processing import preprocess_siglip
 
     try:
-        frames = load_scene_frames(media, num_frames)
+        frames = load_scene_frames(media, num_frames)  # every distinct frame the training sampling names
     except SceneError as exc:
         raise TrainDataError(str(exc)) from None
-    return torch.stack([preprocess_siglip(im) for im in frames.images]), list(frames.indices)
+    decoded = dict(zip(frames.indices, frames.images))
+    indices = [i for i in training_frame_indices(frames.total, num_frames) if i in decoded]
+    return torch.stack([preprocess_siglip(decoded[i]) for i in indices]), indices
 
 
 def clip_timing(media: SceneMedia, num_frames: int) -> tuple[int, float, list[int]]:
     """(frames in the source, frames per second, the sampled indices) of a clip, for the time
     instruction: a video's own frame count (counted by ffmpeg) and rate; a folder or a list of
     images at 2 frames per second (the official frame-folder branch). The indices are the
-    evaluation's uniform sampling, the frames the model is given."""
-    from vlm3r_ros.media.frames import MediaError, open_input, uniform_frame_indices
+    training sampling (:func:`training_frame_indices`), the frames the model is given."""
+    from vlm3r_ros.media.frames import MediaError, open_input
 
     if media.kind == "frames":
         total = len(media.frames)
-        return total, FOLDER_FPS, uniform_frame_indices(total, num_frames)
+        return total, FOLDER_FPS, training_frame_indices(total, num_frames)
     try:
         sampled = open_input(media.path if media.kind == "video" else None,
                              media.path if media.kind == "folder" else None, num_frames)
@@ -196,7 +211,7 @@ def clip_timing(media: SceneMedia, num_frames: int) -> tuple[int, float, list[in
         raise TrainDataError(f"{media.describe()}: {exc}") from None
     try:
         fps = sampled.source.fps if sampled.kind == "video" else FOLDER_FPS
-        return sampled.total, fps, list(sampled.indices)
+        return sampled.total, fps, training_frame_indices(sampled.total, num_frames)
     finally:
         sampled.source.close()
 

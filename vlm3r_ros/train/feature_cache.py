@@ -5,7 +5,9 @@ store what the trainable half needs, per video, as one safetensors shard:
 
 * ``vision`` (F, 729, Dv): SigLIP's layer -2 output (the 26th layer, before ``post_layernorm``);
 * ``camera`` (F, 1, Ds) and ``patch`` (F, N, Ds): CUT3R's camera and patch tokens, from one fresh
-  stream over the F sampled frames in order (the evaluation's 32 uniformly sampled frames).
+  stream over the F sampled frames in order (the official training sampling, 32 frames:
+  :func:`~vlm3r_ros.train.data.training_frame_indices`; a shorter clip repeats frames, as the
+  official ``extract_spatial_features.py`` does with ``force_sample``).
 
 The shard's metadata keys it: the video (media key, and each file's size and modification
 time), the number of frames asked for, the frame indices used, and a hash of the encoders'
@@ -29,7 +31,7 @@ from vlm3r_ros.eval.benchmark import SceneMedia
 from .data import TrainSample, read_clip
 from .model import encode_clip
 
-FORMAT = "vlm3r-features-1"
+FORMAT = "vlm3r-features-2"  # 2: short clips sampled as the official training (repeats)
 
 
 class StaleCacheError(RuntimeError):
@@ -105,7 +107,10 @@ class FeatureCache:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         rebuild = "; rebuild it with vlm3r-cache-features (it recomputes stale entries)"
-        if meta.get("format") != FORMAT or meta.get("video") != media.key:
+        if meta.get("format") != FORMAT:
+            raise StaleCacheError(f"{path}: written in cache format {meta.get('format')!r}, this version reads "
+                                  f"{FORMAT!r}{rebuild}")
+        if meta.get("video") != media.key:
             raise StaleCacheError(f"{path} is not the feature shard of {media.describe()}{rebuild}")
         if meta.get("encoder_hash") != ehash:
             raise StaleCacheError(f"{path}: stale, computed with other SigLIP/CUT3R weights (hash "
