@@ -9,13 +9,16 @@ stopped as soon as the session ends. Tests may stop, pause and restart it (fault
 import os
 import signal
 import socket
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from vlm3r_ros.tools.vllm_server import CPU_SERVER_ENV, VLLM_PYTHON, server_argv, wait_healthy
 
 SERVED_NAME = 'vlm3r-tiny'
+EXEC_WITH_PARENT = Path(__file__).resolve().parents[1] / 'fixtures' / 'exec_with_parent.py'
 START_TIMEOUT_S = 900.0  # a cold torch.compile on a loaded 2-core machine
 
 
@@ -26,7 +29,9 @@ def free_port():
 
 
 class LlmServer:
-    """The vLLM server as a child process (start_child: it dies with the test run)."""
+    """The vLLM server as a child process: stopped at the end of the session (start_child) and
+    SIGKILLed by the kernel if the test process dies first (exec_with_parent.py). Start it from
+    the main thread: the kernel's "parent" is the thread that started it."""
 
     def __init__(self, start_child, model_dir, log_dir):
         self.start_child, self.model_dir, self.log_dir = start_child, model_dir, log_dir
@@ -36,11 +41,21 @@ class LlmServer:
         self.child = None
         self.starts = []  # seconds each start took
 
-    def start(self):
+    def start(self, while_waiting=None):
+        """Start the server and return once /health answers; ``while_waiting()`` (if given) is called
+        about once a second meanwhile (a test keeps its robots streaming)."""
         begin = time.monotonic()
-        self.child = self.start_child(server_argv(self.model_dir, served_name=SERVED_NAME, port=self.port),
-                                      'vllm_server', env=CPU_SERVER_ENV, log_dir=self.log_dir, stop_timeout=20.0)
-        why = wait_healthy(self.port, self.child.running, START_TIMEOUT_S)
+        argv = [sys.executable, EXEC_WITH_PARENT, *server_argv(self.model_dir, served_name=SERVED_NAME,
+                                                                port=self.port)]
+        self.child = self.start_child(argv, 'vllm_server', env=CPU_SERVER_ENV, log_dir=self.log_dir,
+                                      stop_timeout=20.0)
+
+        def running():
+            if while_waiting is not None:
+                while_waiting()
+            return self.child.running()
+
+        why = wait_healthy(self.port, running, START_TIMEOUT_S)
         if why is not None:
             pytest.fail(f'the vLLM server did not start ({why}). {self.child.describe()}')
         self.starts.append(time.monotonic() - begin)

@@ -17,7 +17,6 @@ printed (pytest -s).
 import json
 import math
 import sys
-import threading
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -334,11 +333,8 @@ def test_a_stopped_server_is_unavailable_and_answers_resume_when_it_is_back(robo
     assert not down.success and down.error.startswith('LLM_UNAVAILABLE: '), down.error
     assert '3 tries' in down.error
     assert robots.processed(ns) == before + 4  # every frame was ingested; nothing lost
-    restart = threading.Thread(target=llm_server.start)
-    restart.start()
     mark('server restarting')
-    while restart.is_alive():
-        robots.stream(ns, 1)  # the robot keeps streaming while the server comes back
+    llm_server.start(while_waiting=lambda: robots.stream(ns, 1))  # the robot streams while the server comes back
     mark(f'server healthy again (start-up {llm_server.starts[-1]:.0f} s); frames processed since the stop: '
          f'{robots.processed(ns) - before}')
     back = robots.wait(robots.ask_async(ns, **QUESTIONS[1]), 'answer after the restart')
