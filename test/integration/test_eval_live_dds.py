@@ -213,7 +213,7 @@ def test_busy_is_retried_with_backoff():
             assert reply.success and reply.answer == 'echo How many chairs?' and reply.attempts == 3
             # When BUSY outlasts busy_timeout, the last BUSY is returned as the row's error.
             server.calls, server.busy = 0, 100
-            reply = c.ask('How many chairs?', busy_backoff=(0.05, 0.05), busy_timeout=0.3)
+            reply = c.ask('How many chairs?', busy_backoff=(0.05, 0.05), busy_timeout=2.0)
             assert not reply.success and reply.error.startswith('BUSY: ') and reply.attempts >= 2
     finally:
         server.close()

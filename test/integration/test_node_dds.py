@@ -228,7 +228,7 @@ def test_frames_flow_and_are_counted(client):
     values = diagnostics_with_frames()
     for key in ('input_rate_hz', 'step_latency_s', 'frames_dropped', 'window_fill', 'memory_rss_mb'):
         assert key in values, f'{key} missing from /diagnostics: {values}'
-    assert float(values['memory_rss_mb']) > 0 and float(values['step_latency_s']) > 0
+    assert float(values['memory_rss_mb']) > 0 and float(values['step_latency_s']) >= 0  # 4 decimals: may read 0
 
 
 def test_query_answers_about_the_window(client):

@@ -35,6 +35,7 @@ NS = '/vlm3r_qq'
 NODE = f'{NS}/vlm3r_node'
 WAIT_S = 120.0
 QUEUE_DEPTH = 8
+LONG_ANSWER = 512  # tokens: generation that must still run when a cancel or SIGTERM arrives, on any machine
 ERROR_LINE_RE = re.compile(r'\[(ERROR|FATAL)\]|Traceback|exception was never retrieved|Destroyable')
 
 
@@ -43,7 +44,7 @@ def node_proc(start_child, tmp_path_factory):
     node = start_child([sys.executable, FIXTURES / 'node_vlm3r.py', '--ros-args', '--params-file',
                         ROOT / 'config' / 'tiny.yaml', '-r', f'__ns:={NS}',
                         '-p', f'query_queue_depth:={QUEUE_DEPTH}', '-p', 'query_queue_timeout:=60.0',
-                        '-p', 'diagnostics_period:=0.2'],
+                        '-p', 'diagnostics_period:=0.2', '-p', f'max_new_tokens_limit:={LONG_ANSWER}'],
                        'node_vlm3r_qq', log_dir=tmp_path_factory.mktemp('query_queue_dds'), stop_timeout=30.0)
     try:
         yield node
@@ -184,7 +185,9 @@ def test_questions_over_an_unchanged_window_share_one_cached_prefix(clients, fra
         for _ in range(30):  # a frame already in the node's queue is still processed: wait until none comes
             clients.ros.spin_for(1.0)
             now = clients.wait_counters(lambda c: True, '/diagnostics')
-            if (now['frames_received'], now['frames_processed']) == \
+            in_flight = int(now['frames_received']) - sum(int(now[f'frames_{k}'])
+                                                          for k in ('processed', 'dropped', 'rejected'))
+            if in_flight == 0 and (now['frames_received'], now['frames_processed']) == \
                     (before['frames_received'], before['frames_processed']):
                 break
             before = now
@@ -227,7 +230,7 @@ def test_action_feedback_comes_before_the_result(clients):
 
 def test_action_cancel_mid_generation_stops_it_and_frees_the_slot(clients):
     clients.ready()
-    events, limit = [], 64
+    events, limit = [], LONG_ANSWER
     handle = clients.send_goal(events, question='Describe the room in detail.', answer_type='text',
                                max_new_tokens=limit)
     clients.spin_until(lambda: any(kind == 'feedback' for kind, _ in events), 'the first feedback')
@@ -259,7 +262,8 @@ def test_action_and_service_at_once_are_both_answered(clients):
 def test_sigterm_answers_running_and_waiting_questions_and_logs_no_error(clients, node_proc):
     clients.ready()
     futures = [clients.clients[i % 4].call_async(SpatialQuery.Request(
-        question=f'Describe the room in detail ({i}).', answer_type='text', max_new_tokens=64)) for i in range(6)]
+        question=f'Describe the room in detail ({i}).', answer_type='text', max_new_tokens=LONG_ANSWER))
+        for i in range(6)]
     clients.wait_counters(lambda c: c['queries_running'] == '1' and int(c['queries_waiting']) >= 1,
                           'one question running and others waiting')
     node_proc.proc.send_signal(signal.SIGTERM)

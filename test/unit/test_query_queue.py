@@ -158,13 +158,14 @@ def test_every_one_of_many_concurrent_submissions_gets_exactly_one_outcome():
             except EngineError as exc:
                 result = exc.code
             else:
-                calls = []
-                ticket.add_done_callback(calls.append)
+                calls, called = [], threading.Event()
+                ticket.add_done_callback(lambda t: (calls.append(t), called.set()))
                 try:
                     result = ticket.result(WAIT_S)
                 except EngineError as exc:
                     result = exc.code
-                assert calls == [ticket]  # the done callback ran exactly once
+                # callbacks run just after result() can return (as concurrent.futures): wait for it
+                assert called.wait(WAIT_S) and calls == [ticket]  # the done callback ran exactly once
             with lock:
                 outcomes.append(result)
 

@@ -17,7 +17,9 @@ WAITING_TEST = '''
 import sys, time
 def test_waits(start_child, tmp_path):
     child = start_child([sys.executable, '-c', 'import time; time.sleep(600)'], 'sleeper', log_dir=tmp_path)
-    (tmp_path.parent.parent / 'child.pid').write_text(str(child.pid))
+    tmp = tmp_path.parent.parent / 'child.pid.tmp'
+    tmp.write_text(str(child.pid))
+    tmp.rename(tmp.with_suffix(''))  # whole or absent: the test polls for it
     time.sleep(600)
 '''
 
