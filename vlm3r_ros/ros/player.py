@@ -18,6 +18,8 @@ from vlm3r_ros.ros import apply_transport_setting
 from vlm3r_ros.ros.image_messages import (camera_info_topic, fill_camera_info, fill_image_from_rgb, pinhole_guess,
                                           stamp_from_seconds)
 
+SUBSCRIBER_SETTLE_S = 0.5  # after --wait-for-subscribers: see the wait in play()
+
 
 class NoSubscribers(UserError):
     """--wait-for-subscribers timed out: exit status 3."""
@@ -93,6 +95,9 @@ def play(args, feed: FrameFeed, out=None, ros_args: list[str] | None = None) -> 
                         raise NoSubscribers(f"only {pub.get_subscription_count()} of {n} subscriber(s) on "
                                             f"{pub.topic_name} after {args.wait_timeout:g} s")
                     time.sleep(0.05)
+            # Our writer has matched; the reader's side of discovery may finish a moment later, and
+            # a reader drops samples from a writer it has not matched yet (frame 0 lost, best effort).
+            time.sleep(SUBSCRIBER_SETTLE_S)
             stats.waited_for_subscribers_s = time.monotonic() - start
         stats.subscribers = image_pub.get_subscription_count()
 

@@ -47,8 +47,9 @@ ROS arguments come last: ``vlm3r-play --generated 30 --ros-args -r __ns:=/robot1
 topic is then /robot1/image).
 
 --wait-for-subscribers N waits (at most --wait-timeout s) until N subscribers have matched
-before the first frame, so that a consumer started at the same time sees every frame;
---wait-for-info-subscribers N does the same for the camera_info topic (with --camera-info).
+before the first frame (then 0.5 s more, for the subscribers' side of discovery), so that a
+consumer started at the same time sees every frame; --wait-for-info-subscribers N does the same
+for the camera_info topic (with --camera-info).
 Ctrl-C (or SIGTERM) stops cleanly; a summary is printed at the end.
 """
 
