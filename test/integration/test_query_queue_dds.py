@@ -4,10 +4,12 @@ One node process (vlm3r-node's main on config/tiny.yaml, namespace /vlm3r_qq) wh
 process streams frames at 10 Hz. Four client nodes in this process (service QoS keep-all: a
 client's reader must hold every response it has not taken yet) send 100 questions at once;
 every one must get exactly one response (answered, BUSY, QUEUE_TIMEOUT), and /diagnostics
-must count them the same way. The action tests check feedback before the result, cancel
-mid-generation, and an action goal and a service request at once. The last test stops the node with SIGTERM while questions run and wait: each gets its response
-(SHUTTING_DOWN for those not finished) and the log has no error line. Every wait is bounded;
-no assertion is about timing.
+must count them the same way. With the stream paused (SIGSTOP to the publisher), three
+questions over the still window must share one cached visual prefix. The action tests check
+feedback before the result, cancel mid-generation, and an action goal and a service request at
+once. The last test stops the node with SIGTERM while questions run and wait: each gets its
+response (SHUTTING_DOWN for those not finished) and the log has no error line. Every wait is
+bounded; no assertion is about timing.
 """
 import math
 import os
