@@ -18,7 +18,7 @@ machine):
   onednn_linear  every nn.Linear through oneDNN's packed fp32 GEMM instead of MKL's;
   channels_last  the DPT convolutions in channels-last memory format (DPT head only).
 Parity (unless --skip-parity): the variant applied to the whole model on every public CUT3R
-fixture, under the fixtures' robust rule (the same rule tools/parity.py and the tests use).
+fixture, under the fixtures' robust rule (the same rule engine/parity.py and the tests use).
 Numbers go into notes; a variant is worth adopting only if it is faster here AND passes.
 """
 
@@ -201,7 +201,7 @@ def parity(variant: str) -> dict[str, bool]:
     """The robust rule on every public fixture with ``variant`` applied to the whole model."""
     import vlm3r_ros.engine.checkpoint as checkpoint
     from gpu_check import FIXTURES
-    from vlm3r_ros.tools.parity import compare, run_cut3r_fixture
+    from vlm3r_ros.engine.parity import compare, run_cut3r_fixture
 
     real_build = checkpoint.build_cut3r
 

@@ -157,7 +157,7 @@ def check_ttft(device, tiny: bool, repeats: int) -> dict:
 
 
 def check_parity(device, fixtures_dir: Path) -> dict:
-    from vlm3r_ros.tools.parity import compare, run_cut3r_fixture
+    from vlm3r_ros.engine.parity import compare, run_cut3r_fixture
 
     files = sorted(fixtures_dir.glob("cut3r_*.safetensors"))
     if not files:

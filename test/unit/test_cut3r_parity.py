@@ -17,7 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import vlm3r_ros.engine.checkpoint as checkpoint
-from vlm3r_ros.tools.parity import ROBUST_FRACTION, compare, main, run_cut3r_fixture
+from vlm3r_ros.engine.parity import ROBUST_FRACTION, compare, run_cut3r_fixture
+from vlm3r_ros.tools.parity import main
 
 pytestmark = pytest.mark.usefixtures('torch_single_thread')
 

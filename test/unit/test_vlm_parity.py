@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlm3r_ros.tools import parity
+from vlm3r_ros.engine import parity
+from vlm3r_ros.tools import parity as parity_cli
 
 VLM3R_REFERENCE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "reference" / "vlm3r"
 
@@ -70,7 +71,7 @@ def test_a_wrong_op_order_fails(monkeypatch):
 def test_cli_exit_status_and_dump(tmp_path):
     fixture = VLM3R_REFERENCE_DIR / "vlm3r_token_path_patch_tokens.safetensors"
     out = tmp_path / "dump.safetensors"
-    assert parity.main(["vlm3r", str(fixture), "--dump", str(out)]) == 0
+    assert parity_cli.main(["vlm3r", str(fixture), "--dump", str(out)]) == 0
     dumped = load_file(str(out))
     expected = {k for k in json.loads(fixture.with_suffix(".json").read_text())["tensors"] if k.startswith("expect/")}
     assert expected <= set(dumped)
