@@ -561,9 +561,9 @@ def init_fusion_block_fresh(block: nn.Module, std: float = DEFAULT_INITIALIZER_R
       N(0, ``initializer_range``), bias 0 (Qwen2's ``_init_weights``);
     * ``nn.LayerNorm``: weight 1, bias 0;
     * ``nn.MultiheadAttention``'s packed ``in_proj`` (a bare parameter, no ``nn.Linear``, so
-      ``_init_weights`` does not touch it): PyTorch's own init, Xavier-uniform weight, bias 0.
-      What the official run's lazy initialisation leaves there depends on the transformers
-      version it pins; we did not verify it and use PyTorch's definition.
+      ``_init_weights`` does not touch it): PyTorch's own init, Xavier-uniform weight over the
+      whole (3E, E) packing, bias 0. What the official run leaves there depends on the
+      transformers commit it pins (docs/training.md); we did not verify it and use PyTorch's.
 
     Seeded (``seed``), so every process of a distributed run starts from the same block.
     """
@@ -577,9 +577,8 @@ def init_fusion_block_fresh(block: nn.Module, std: float = DEFAULT_INITIALIZER_R
             module.weight.fill_(1.0)
             module.bias.zero_()
         elif isinstance(module, nn.MultiheadAttention):
-            w = module.in_proj_weight
-            bound = math.sqrt(6.0 / (w.shape[0] // 3 + w.shape[1]))  # xavier_uniform_ on the (3E, E) packing
-            w.copy_(torch.rand(w.shape, generator=g) * 2 * bound - bound)
+            # as its own _reset_parameters: Xavier over the whole (3E, E) packing (fan_out 3E, fan_in E)
+            nn.init.xavier_uniform_(module.in_proj_weight, generator=g)
             module.in_proj_bias.zero_()
     return block
 
