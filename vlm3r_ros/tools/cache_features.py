@@ -39,7 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dataclasses import replace
     from pathlib import Path
 
     from vlm3r_ros.engine.loading import load_models
@@ -57,10 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         check_media(samples)
         device = torch.device(args.device)
         dtype = torch.float16 if device.type == "cuda" else torch.float32  # the evaluation's encoders
-        source = model_source(args)
-        if not args.tiny_random and args.adapter is None:  # the plain base: the cache needs no fusion block
-            source = replace(source, fresh_fusion_block=True)
-        pipe = load_models(source, device, dtype).pipeline
+        # the plain base is fine: the cache runs SigLIP and CUT3R only, never the fusion block
+        pipe = load_models(model_source(args, fresh_fusion_without_adapter=True), device, dtype).pipeline
         report = FeatureCache(args.out).build(samples, pipe.vlm, pipe.cut3r, args.num_frames, force=args.force,
                                               progress=lambda i, n: print(f"\r{PROG}: video {i}/{n}", end="",
                                                                           file=sys.stderr, flush=True))

@@ -66,8 +66,12 @@ def check_weight_args(args, not_found_hint: str = "") -> None:
     config_overrides(args)  # a typo fails here, before the input is read and the weights load
 
 
-def model_source(args) -> ModelSource:
-    """The models --tiny-random / --base / --adapter / --cut3r / --vlm-config-overrides name."""
+def model_source(args, *, fresh_fusion_without_adapter: bool = False) -> ModelSource:
+    """The models --tiny-random / --base / --adapter / --cut3r / --vlm-config-overrides name.
+
+    ``fresh_fusion_without_adapter`` (the training tools): with a base and no --adapter, a fusion
+    block the base lacks is freshly initialised instead of refused."""
     if args.tiny_random:
         return ModelSource(tiny_random=True, seed=args.seed)
-    return ModelSource(base=args.base, adapter=args.adapter, cut3r=args.cut3r, config_overrides=config_overrides(args))
+    return ModelSource(base=args.base, adapter=args.adapter, cut3r=args.cut3r, config_overrides=config_overrides(args),
+                       fresh_fusion_block=fresh_fusion_without_adapter and args.adapter is None)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -44,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vlm-config-overrides", metavar="JSON", help=OVERRIDES_HELP)
     p.add_argument("--tiny-random", action="store_true", help="tiny random models (tests; nothing downloaded)")
     p.add_argument("--seed", type=int, default=0, help="seed of data order, dropout and --tiny-random weights")
-    p.add_argument("--num-frames", type=int, default=32, help="frames sampled uniformly per video (default 32)")
+    p.add_argument("--num-frames", type=int, default=32,
+                   help="frames sampled per video, exactly as the official run (np.linspace over the video; "
+                        "a shorter one repeats frames; default 32)")
     p.add_argument("--feature-cache", help="read SigLIP/CUT3R features from this vlm3r-cache-features folder")
     p.add_argument("--time-instruction", action=argparse.BooleanOptionalAction, default=True,
                    help="put the official time instruction ('The video lasts for ... seconds, ...') before each first "
@@ -90,10 +91,7 @@ def load_base(args, dtype: torch.dtype):
     from vlm3r_ros.train.export import write_base_folder
     from vlm3r_ros.train.run import LoadedBase
 
-    source = model_source(args)
-    if not args.tiny_random and args.adapter is None:
-        source = replace(source, fresh_fusion_block=True)
-    loaded = load_models(source, torch.device("cpu"), dtype)
+    loaded = load_models(model_source(args, fresh_fusion_without_adapter=True), torch.device("cpu"), dtype)
     pipe = loaded.pipeline
     if loaded.report is not None and loaded.report.fusion_block_fresh and int(os.environ.get("RANK", "0")) == 0:
         print(f"{PROG}: no --adapter and no fusion block in {args.base}: the fusion block is freshly initialised "
